@@ -1,0 +1,1 @@
+"""difnet_jax: diffusion-based semantic segmentation in JAX/Flax (DifNet and baselines)."""

@@ -1,0 +1,32 @@
+"""Sim-DeepLab: the DifNet paper's baseline, DeepLabV2 without CRF.
+
+Atrous ResNet (output stride 8) + ASPP, class scores upsampled bilinearly to the
+input size. Same interface as DifNet: `(logits, intermediates)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from difnet_jax.models.aspp import ASPP
+from difnet_jax.models.resize import resize_bilinear
+from difnet_jax.models.resnet import ResNet
+
+
+class SimDeepLab(nn.Module):
+    num_classes: int
+    depth: int = 101
+    width: int = 64
+    aspp_rates: Sequence[int] = (6, 12, 18, 24)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        features = ResNet(self.depth, self.width, dtype=self.dtype, name="backbone")(images, train=train)
+        score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
+        logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
+        return logits, {"score_map": score_map}

@@ -1,0 +1,269 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)`.
+
+One jit-compiled, pure train step (cross-entropy with ignore label 255 on the final
+output; SGD with momentum, L2 weight decay and poly learning-rate decay, Sec. 5.1),
+run under a device mesh with a 'data' axis: the state is replicated, the global
+batch is sharded over the devices, and BatchNorm statistics, computed by jit over
+the whole global batch, are synchronised for free. Orbax checkpoints hold the
+train state and the data iterator's position; a run resumes from its workdir.
+Every logged step and every evaluation is appended to WORKDIR/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from difnet_jax import losses, metrics
+from difnet_jax.data import pipeline
+from difnet_jax.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+    """lr_t = lr * (1 - t / num_steps) ** power (DeepLab's "poly" policy)."""
+    return optax.polynomial_schedule(train.lr, 0.0, train.lr_power, train.num_steps)
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """SGD with momentum and L2 weight decay added to the gradient, as torch.optim.SGD.
+
+    Weight decay applies to every parameter, BatchNorm scales and the mu/beta
+    logits included, as in the authors' code (one rate for all parameters).
+    """
+    return optax.chain(
+        optax.add_decayed_weights(train.weight_decay),
+        optax.sgd(learning_rate_schedule(train), momentum=train.momentum),
+    )
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params), rng=state_rng,
+    )
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on the cross-entropy of the final (upsampled) output."""
+
+    def loss_fn(params):
+        (logits, _), updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            mutable=["batch_stats"],
+        )
+        return losses.cross_entropy(logits, batch["label"]), (updates["batch_stats"], logits)
+
+    (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    valid = batch["label"] != losses.IGNORE_LABEL
+    correct = (logits.argmax(-1) == batch["label"]) & valid
+    step_metrics = {
+        "loss": loss,
+        "pixel_accuracy": correct.sum() / jnp.maximum(valid.sum(), 1),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+    )
+    return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, num_classes: int) -> jax.Array:
+    """Confusion matrix (K, K) of one batch at the model's eval mode."""
+    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+    return metrics.confusion_matrix(batch["label"], logits.argmax(-1), num_classes)
+
+
+class Trainer:
+    """The compiled pieces of a run on a mesh: init, train step, eval step."""
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh | None = None):
+        self.config = config
+        self.num_classes = num_classes
+        self.mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
+        self.model = build_model(config.model, num_classes)
+        self.tx = make_optimizer(config.train)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        crop = config.data.crop_size
+        init = functools.partial(create_train_state, self.model, self.tx, image_shape=(crop, crop, 3))
+        abstract = jax.eval_shape(init, jax.random.PRNGKey(0))  # Shapes first, then shardings.
+        self.state_sharding = jax.tree.map(lambda _: self.replicated, abstract)
+        self.abstract_state = jax.tree.map(
+            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            abstract, self.state_sharding,
+        )
+        self.init = jax.jit(init, out_shardings=self.state_sharding)
+        self.train_step = jax.jit(
+            functools.partial(train_step, model=self.model, tx=self.tx),
+            in_shardings=(self.state_sharding, self.data_sharding),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            functools.partial(eval_step, model=self.model, num_classes=num_classes),
+            in_shardings=(self.state_sharding, self.data_sharding),
+            out_shardings=self.replicated,
+        )
+
+    def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assembles the global batch, sharded over 'data', from this host's part."""
+        return {
+            key: jax.make_array_from_process_local_data(self.data_sharding, value)
+            for key, value in local_batch.items()
+        }
+
+    def evaluate(self, state: TrainState, data_source, *, batch_size: int, eval_size: int) -> np.ndarray:
+        """Summed confusion matrix over a whole split."""
+        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        for batch in pipeline.eval_batches(data_source, batch_size=batch_size, eval_size=eval_size):
+            confusion += np.asarray(self.eval_step(state, self.global_batch(batch)))
+        return confusion
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True),
+        item_names=("state", "data"),
+    )
+
+
+class MetricsLog:
+    """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if jax.process_index() == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
+
+    Returns the last evaluation: {'step', 'val/miou', 'val/pixel_accuracy', 'val/iou'}.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    data, train_cfg = config.data, config.train
+    builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
+    class_names = pipeline.class_names(builder)
+    train_source = pipeline.source(data.name, "train", data.data_dir)
+    val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
+    num_devices = jax.device_count()
+    for key in ("batch_size", "eval_batch_size"):
+        if train_cfg[key] % num_devices:
+            raise ValueError(f"config.train.{key}={train_cfg[key]} must be divisible by the {num_devices} devices")
+
+    trainer = Trainer(config, len(class_names))
+    loader = pipeline.train_loader(
+        train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
+        scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
+    )
+    data_iter = iter(loader)
+    manager = checkpoint_manager(workdir, config)
+    latest = manager.latest_step()
+    if latest is None:
+        state = trainer.init(jax.random.PRNGKey(train_cfg.seed))
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+    else:
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(trainer.abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iter),
+        ))
+        state = restored["state"]
+        log.info("Resumed from %s at step %d.", manager.directory, latest)
+
+    def save(step: int) -> None:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+        ))
+
+    def evaluate(step: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        confusion = trainer.evaluate(state, val_source, batch_size=train_cfg.eval_batch_size, eval_size=data.eval_size)
+        summary = metrics.summarize(confusion, class_names)
+        record = {"step": step, "val/miou": summary["miou"], "val/pixel_accuracy": summary["pixel_accuracy"],
+                  "val/iou": summary["iou"]}
+        metrics_log.write(record)
+        log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)", step, summary["miou"],
+                 summary["pixel_accuracy"], len(val_source), time.perf_counter() - start)
+        return record
+
+    metrics_log = MetricsLog(workdir)
+    schedule = learning_rate_schedule(train_cfg)
+    first_step = int(state.step)
+    num_steps = train_cfg.num_steps
+    log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s).", config.model.name,
+             config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size, num_devices)
+    last_eval = None
+    interval_metrics, interval_start = [], time.perf_counter()
+    for step in range(first_step + 1, num_steps + 1):
+        state, step_metrics = trainer.train_step(state, trainer.global_batch(next(data_iter)))
+        interval_metrics.append(step_metrics)
+        if step % train_cfg.log_every == 0 or step == num_steps:
+            stacked = jax.device_get(interval_metrics)
+            summary = {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
+            if not math.isfinite(summary["loss"]):
+                raise FloatingPointError(f"non-finite loss at step {step}: {summary['loss']}")
+            elapsed = time.perf_counter() - interval_start
+            steps_per_sec = len(interval_metrics) / elapsed
+            record = {"step": step, **summary, "lr": float(schedule(step - 1)), "steps_per_sec": steps_per_sec}
+            metrics_log.write(record)
+            log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s", step, num_steps,
+                     summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
+                     _format_seconds((num_steps - step) / steps_per_sec))
+            interval_metrics, interval_start = [], time.perf_counter()
+        if step % train_cfg.checkpoint_every == 0 or step == num_steps:
+            save(step)
+        if step % train_cfg.eval_every == 0 or step == num_steps:
+            last_eval = evaluate(step)
+            interval_start = time.perf_counter()
+    manager.wait_until_finished()
+    manager.close()
+    if last_eval is None:  # Already trained to num_steps: evaluate the restored state.
+        last_eval = evaluate(first_step)
+    return last_eval

@@ -1,0 +1,48 @@
+"""Atrous ResNets: torchvision's parameter counts, output stride 8, feature taps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from difnet_jax.models import ResNet18, ResNet34, ResNet50, ResNet101
+
+# torchvision.models.resnetXX() parameter counts minus the fc layer (512*1000+1000 or 2048*1000+1000).
+TORCHVISION_WITHOUT_FC = {18: 11_176_512, 34: 21_284_672, 50: 23_508_032, 101: 42_500_160}
+MODELS = {18: ResNet18, 34: ResNet34, 50: ResNet50, 101: ResNet101}
+
+
+def _abstract_variables(model, size=65):
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
+
+
+@pytest.mark.parametrize("depth", sorted(MODELS))
+def test_parameter_count_equals_torchvision(depth):
+    variables = _abstract_variables(MODELS[depth]())
+    count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+    assert count == TORCHVISION_WITHOUT_FC[depth]
+    # Running statistics are state, not parameters.
+    assert "batch_stats" in variables and "mean" in str(jax.tree_util.tree_structure(variables["batch_stats"]))
+
+
+@pytest.mark.parametrize("depth,channels", [(18, (64, 64, 128, 256, 512)), (50, (64, 256, 512, 1024, 2048))])
+def test_feature_taps_have_output_stride_8(depth, channels):
+    model = MODELS[depth]()
+    x = jnp.zeros((2, 321, 321, 3))
+    variables = _abstract_variables(model)
+    features = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert set(features) == {"stem", "layer1", "layer2", "layer3", "layer4"}
+    sizes = {"stem": 161, "layer1": 81, "layer2": 41, "layer3": 41, "layer4": 41}
+    for name, c in zip(["stem", "layer1", "layer2", "layer3", "layer4"], channels):
+        feature = features[name]
+        assert feature.shape == (2, sizes[name], sizes[name], c), name
+
+
+def test_train_mode_updates_batch_statistics():
+    model = ResNet18(width=8)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(updates["batch_stats"])
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(after, before))
