@@ -58,6 +58,7 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
     train.batch_size = 16  # global, over all devices and hosts
     train.eval_batch_size = 8
     train.num_steps = 200 * VOC_TRAIN_IMAGES // 16
+    train.optimizer = "sgd"  # or "adamw"
     train.lr = 2.5e-3
     train.lr_power = 0.9
     train.momentum = 0.9

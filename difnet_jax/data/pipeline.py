@@ -1,0 +1,141 @@
+"""The grain input pipeline over `tfds.data_source` (array_record, no TensorFlow).
+
+Train: random scale, pad (image with the mean colour, label with 255), random crop,
+random horizontal flip, normalisation; shuffled, repeated, sharded per host, batched.
+Eval: pad to a fixed size with label 255 (the paper pads VOC to 505x505), in order,
+with the last batch filled by all-void examples that the metrics ignore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import difnet_jax.data  # noqa: F401  (registers the builders)
+
+IGNORE_LABEL = 255
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """Builds the dataset `name` in `data_dir` as array_record unless it is already there."""
+    builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+    builder.download_and_prepare(download_config=download_config)
+    return builder
+
+
+def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
+    return list(builder.info.metadata["class_names"])
+
+
+def source(name: str, split: str, data_dir: str | None = None):
+    return tfds.data_source(name, split=split, data_dir=data_dir or None)
+
+
+def _label_2d(label: np.ndarray) -> np.ndarray:
+    return label[..., 0] if label.ndim == 3 else label
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int):
+    """Pads bottom/right to at least (height, width): image with the mean, label with 255."""
+    pad_y, pad_x = max(height - image.shape[0], 0), max(width - image.shape[1], 0)
+    if pad_y or pad_x:
+        mean = IMAGENET_MEAN.round().astype(np.uint8)
+        padded = np.empty((image.shape[0] + pad_y, image.shape[1] + pad_x, 3), np.uint8)
+        padded[:] = mean
+        padded[: image.shape[0], : image.shape[1]] = image
+        image = padded
+        label = np.pad(label, ((0, pad_y), (0, pad_x)), constant_values=IGNORE_LABEL)
+    return image, label
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform(grain.transforms.RandomMap):
+    """Random scale in [min_scale, max_scale), pad, random crop, random flip, normalise."""
+
+    crop_size: int
+    min_scale: float = 0.5
+    max_scale: float = 1.5
+
+    def random_map(self, element, rng: np.random.Generator):
+        image, label = element["image"], _label_2d(element["label"])
+        scale = rng.uniform(self.min_scale, self.max_scale)
+        height, width = max(int(image.shape[0] * scale + 0.5), 1), max(int(image.shape[1] * scale + 0.5), 1)
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        label = np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+        image, label = pad_to(image, label, self.crop_size, self.crop_size)
+        top = rng.integers(0, image.shape[0] - self.crop_size + 1)
+        left = rng.integers(0, image.shape[1] - self.crop_size + 1)
+        image = image[top : top + self.crop_size, left : left + self.crop_size]
+        label = label[top : top + self.crop_size, left : left + self.crop_size]
+        if rng.uniform() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return {"image": normalize(image), "label": np.ascontiguousarray(label, dtype=np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform(grain.transforms.Map):
+    """Pads to (eval_size, eval_size) with label 255 and normalises; refuses larger images."""
+
+    eval_size: int
+
+    def map(self, element):
+        image, label = element["image"], _label_2d(element["label"])
+        if max(image.shape[:2]) > self.eval_size:
+            raise ValueError(
+                f"image {element.get('id', b'?')!r} is {image.shape[:2]}, larger than eval_size={self.eval_size}"
+            )
+        image, label = pad_to(image, label, self.eval_size, self.eval_size)
+        return {"image": normalize(image), "label": label.astype(np.int32)}
+
+
+def train_loader(
+    data_source, *, global_batch_size: int, crop_size: int, scale_range=(0.5, 1.5), seed: int = 0,
+    num_workers: int = 0,
+) -> grain.DataLoader:
+    """An endless, shuffled loader yielding this host's share of each global batch.
+
+    Its iterator's `get_state()`/`set_state()` let a resumed run see exactly the
+    batches it would have seen.
+    """
+    num_hosts = jax.process_count()
+    if global_batch_size % num_hosts:
+        raise ValueError(f"train.batch_size={global_batch_size} is not divisible by the {num_hosts} hosts")
+    shard = grain.sharding.ShardOptions(jax.process_index(), num_hosts, drop_remainder=True)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(data_source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed
+    )
+    return grain.DataLoader(
+        data_source=data_source,
+        sampler=sampler,
+        operations=[
+            TrainTransform(crop_size, *scale_range),
+            grain.transforms.Batch(global_batch_size // num_hosts, drop_remainder=True),
+        ],
+        worker_count=num_workers,
+    )
+
+
+def eval_batches(data_source, *, batch_size: int, eval_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in order, padded to eval_size; the last batch is topped up with void."""
+    transform = EvalTransform(eval_size)
+    for start in range(0, len(data_source), batch_size):
+        examples = [transform.map(data_source[i]) for i in range(start, min(start + batch_size, len(data_source)))]
+        while len(examples) < batch_size:
+            examples.append({
+                "image": np.zeros((eval_size, eval_size, 3), np.float32),
+                "label": np.full((eval_size, eval_size), IGNORE_LABEL, np.int32),
+            })
+        yield {key: np.stack([e[key] for e in examples]) for key in ("image", "label")}

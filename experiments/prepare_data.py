@@ -1,0 +1,62 @@
+"""Prepares a dataset once: reads manual_dir, writes array_record files to data_dir (TFDS).
+
+  python -m experiments.prepare_data --dataset=voc_aug --manual_dir=~/downloads/voc --data_dir=~/tensorflow_datasets
+
+manual_dir holds the official archives or what they extract to; see the builder's module
+docstring (difnet_jax/data/voc_aug.py, pascal_context.py). --skip_bad_examples sets
+DIFNET_SKIP_BAD_EXAMPLES=1 (see difnet_jax/data/example_files.py). Prints the split counts and
+the disk space of the prepared dataset. A dataset already prepared is not prepared again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import app, flags
+from etils import epath
+
+from difnet_jax.data import example_files, pipeline
+
+DATASETS = ("voc_aug", "pascal_context", "pascal_context/60", "pascal_context/59", "synthetic_shapes",
+            "synthetic_shapes/tiny")
+_DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "The dataset (TFDS name, with config) to prepare.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder with the downloaded archives or their contents.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir to write to; empty: TFDS's default.")
+_SKIP_BAD_EXAMPLES = flags.DEFINE_bool("skip_bad_examples", False, "Leave unreadable or invalid examples out.")
+flags.mark_flags_as_required(["dataset"])
+
+
+def disk_bytes(folder: epath.Path) -> int:
+    return sum(disk_bytes(path) if path.is_dir() else path.stat().length for path in folder.iterdir())
+
+
+def human_size(num_bytes: int) -> str:
+    size, unit = float(num_bytes), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, larger
+    return f"{size:.1f} {unit}"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+    if _SKIP_BAD_EXAMPLES.value:
+        os.environ[example_files.SKIP_ENV] = "1"
+    manual_dir = os.path.expanduser(_MANUAL_DIR.value)
+    data_dir = os.path.expanduser(_DATA_DIR.value)
+    print(f"Preparing {_DATASET.value} from {manual_dir or 'the default manual_dir'} "
+          f"into {data_dir or 'the default data_dir'}", flush=True)
+    builder = pipeline.prepare(_DATASET.value, data_dir, manual_dir)
+    print(f"Prepared {builder.info.full_name} in {builder.data_dir}")
+    for split, info in sorted(builder.info.splits.items()):
+        print(f"  {split}: {info.num_examples:,} examples")
+    print(f"  disk: {human_size(disk_bytes(epath.Path(builder.data_dir)))}")
+
+
+if __name__ == "__main__":
+    app.run(main)
