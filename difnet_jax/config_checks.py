@@ -53,6 +53,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints"):
         _require(_positive_int(train[key]), f"train.{key}", train[key], "a positive integer")
+    _require(train.optimizer in ("sgd", "adamw"), "train.optimizer", train.optimizer, "'sgd' or 'adamw'")
     _require(train.lr > 0, "train.lr", train.lr, "a positive number")
     _require(train.lr_power >= 0, "train.lr_power", train.lr_power, "a number >= 0")
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "a number in [0, 1)")

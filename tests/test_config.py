@@ -36,6 +36,7 @@ def test_bad_config_arg(arg):
     ("model.name", "difnett"), ("model.depth", 42), ("model.walks", (1, 1)), ("model.walks", (0, 6)),
     ("model.dtype", "float16"), ("model.diffusion_backend", "magic"), ("data.crop_size", 4),
     ("data.scale_range", (1.5, 0.5)), ("train.batch_size", 0), ("train.lr", -1.0), ("train.momentum", 1.0),
+    ("train.optimizer", "adam"),
 ])
 def test_bad_values_name_the_key(key, value):
     config = get_config("difnet18,synthetic")

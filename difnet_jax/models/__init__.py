@@ -27,5 +27,7 @@ def build_model(model: ml_collections.ConfigDict, num_classes: int):
             diffusion_backend=model.diffusion_backend, dtype=DTYPES[model.dtype],
         )
     if model.name == "simdeeplab":
-        return SimDeepLab(num_classes, depth=model.depth, width=model.width, aspp_rates=rates, dtype=DTYPES[model.dtype])
+        return SimDeepLab(
+            num_classes, depth=model.depth, width=model.width, aspp_rates=rates, dtype=DTYPES[model.dtype]
+        )
     raise ValueError(f"config.model.name must be one of {MODEL_NAMES}, got {model.name!r}")

@@ -69,17 +69,18 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
     train.checkpoint_every = 5000
     train.keep_checkpoints = 3
 
-    if "synthetic" in tokens:
+    if "synthetic" in tokens:  # about 7 minutes of training on 2 CPU cores
         data.name = "synthetic_shapes"
         data.crop_size = 81  # seed grid 11x11
         data.eval_size = 97  # 96x96 scenes padded: grid 13x13
         data.scale_range = (0.75, 1.25)
-        model.width = 32
-        model.aspp_rates = (1, 2, 3, 4)  # the paper's rates scaled to a 11x11 grid
+        model.width = 16
+        model.aspp_rates = (1, 2, 3, 4)  # the paper's rates scaled to an 11x11 grid
+        train.optimizer = "adamw"  # SGD needs far more than 1,000 steps from scratch
+        train.lr = 1.5e-3
         train.num_steps = 1000
-        train.lr = 0.02
         train.eval_batch_size = 20
-        train.log_every = 25
+        train.log_every = 50
         train.eval_every = 250
         train.checkpoint_every = 250
     return config
