@@ -158,8 +158,11 @@ class Trainer:
     def evaluate(self, state: TrainState, data_source, *, batch_size: int, eval_size: int) -> np.ndarray:
         """Summed confusion matrix over a whole split."""
         confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        per_host = batch_size // jax.process_count()
+        offset = jax.process_index() * per_host
         for batch in pipeline.eval_batches(data_source, batch_size=batch_size, eval_size=eval_size):
-            confusion += np.asarray(self.eval_step(state, self.global_batch(batch)))
+            local = {key: value[offset : offset + per_host] for key, value in batch.items()}  # this host's share
+            confusion += np.asarray(self.eval_step(state, self.global_batch(local)))
         return confusion
 
 
