@@ -58,4 +58,5 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(train.lr_power >= 0, "train.lr_power", train.lr_power, "a number >= 0")
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "a number in [0, 1)")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "a number >= 0")
+    _require(isinstance(train.skip_nonfinite, bool), "train.skip_nonfinite", train.skip_nonfinite, "True or False")
     _require(isinstance(train.seed, int), "train.seed", train.seed, "an integer")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -31,9 +30,11 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import losses, metrics
+from difnet_jax import checkpointing, losses, metrics
+from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.data import pipeline
 from difnet_jax.models import build_model
+from difnet_jax.preemption import StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,14 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on the cross-entropy of the final (upsampled) output."""
+               tx: optax.GradientTransformation, skip_nonfinite: bool = False,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on the cross-entropy of the final (upsampled) output.
+
+    `metrics['nonfinite']` is 1 when the loss or the gradient is not finite; with
+    `skip_nonfinite` such a step leaves params, BN statistics and optimizer state as
+    they were (the step counter still advances, staying in line with the data).
+    """
 
     def loss_fn(params):
         (logits, _), updates = model.apply(
@@ -96,14 +103,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     valid = batch["label"] != losses.IGNORE_LABEL
     correct = (logits.argmax(-1) == batch["label"]) & valid
     step_metrics = {
         "loss": loss,
         "pixel_accuracy": correct.sum() / jnp.maximum(valid.sum(), 1),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.global_norm(params),
+        "nonfinite": 1 - finite.astype(jnp.int32),
     }
+    updated = (params, batch_stats, opt_state)
+    if skip_nonfinite:
+        kept = (state.params, state.batch_stats, state.opt_state)
+        updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
+    params, batch_stats, opt_state = updated
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
     )
@@ -137,7 +152,7 @@ class Trainer:
         )
         self.init = jax.jit(init, out_shardings=self.state_sharding)
         self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx),
+            functools.partial(train_step, model=self.model, tx=self.tx, skip_nonfinite=config.train.skip_nonfinite),
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
@@ -166,14 +181,6 @@ class Trainer:
         return confusion
 
 
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True),
-        item_names=("state", "data"),
-    )
-
-
 class MetricsLog:
     """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
 
@@ -193,42 +200,53 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _interval_summary(interval_metrics: list[dict], skip_nonfinite: bool, first_step: int) -> dict[str, float]:
+    """Means over the steps since the last log; raises on a non-finite step unless skipping."""
+    stacked = jax.device_get(interval_metrics)
+    nonfinite = [i for i, m in enumerate(stacked) if m["nonfinite"]]
+    if nonfinite and not skip_nonfinite:
+        step = first_step + nonfinite[0]
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {step} (loss {stacked[nonfinite[0]]['loss']}); the last checkpoint "
+            f"before it is kept. Set config.train.skip_nonfinite=True to skip such steps instead."
+        )
+    finite = [m for m in stacked if not m["nonfinite"]] or stacked
+    summary = {key: float(np.mean([m[key] for m in finite])) for key in stacked[0] if key != "nonfinite"}
+    summary["skipped_steps"] = len(nonfinite)
+    return summary
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
 
-    Returns the last evaluation: {'step', 'val/miou', 'val/pixel_accuracy', 'val/iou'}.
+    Returns the last evaluation: {'step', 'val/miou', 'val/pixel_accuracy', 'val/iou'},
+    plus 'stopped_by' (the signal's name) when SIGTERM/SIGINT ended the run early.
     """
-    os.makedirs(workdir, exist_ok=True)
     data, train_cfg = config.data, config.train
-    builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
-    class_names = pipeline.class_names(builder)
-    train_source = pipeline.source(data.name, "train", data.data_dir)
-    val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
     num_devices = jax.device_count()
     for key in ("batch_size", "eval_batch_size"):
         if train_cfg[key] % num_devices:
             raise ValueError(f"config.train.{key}={train_cfg[key]} must be divisible by the {num_devices} devices")
+    checkpointing.check_resume_config(workdir, config)
+    builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
+    class_names = pipeline.class_names(builder)
+    train_source = pipeline.source(data.name, "train", data.data_dir)
+    val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
 
     trainer = Trainer(config, len(class_names))
+    checkpointing.check_workdir(workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
     loader = pipeline.train_loader(
         train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
         scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
     )
     data_iter = iter(loader)
     manager = checkpoint_manager(workdir, config)
-    latest = manager.latest_step()
-    if latest is None:
+    state, restored_step = checkpointing.restore_latest(manager, trainer.abstract_state, data_iter)
+    if state is None:
         state = trainer.init(jax.random.PRNGKey(train_cfg.seed))
-        if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+        checkpointing.write_config(workdir, config)
     else:
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(trainer.abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iter),
-        ))
-        state = restored["state"]
-        log.info("Resumed from %s at step %d.", manager.directory, latest)
+        log.info("Resumed from %s at step %d.", manager.directory, restored_step)
 
     def save(step: int) -> None:
         manager.save(step, args=ocp.args.Composite(
@@ -250,31 +268,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     schedule = learning_rate_schedule(train_cfg)
     first_step = int(state.step)
     num_steps = train_cfg.num_steps
-    log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s).", config.model.name,
-             config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size, num_devices)
+    log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s) of %d process(es).",
+             config.model.name, config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size,
+             num_devices, jax.process_count())
     last_eval = None
-    interval_metrics, interval_start = [], time.perf_counter()
-    for step in range(first_step + 1, num_steps + 1):
-        state, step_metrics = trainer.train_step(state, trainer.global_batch(next(data_iter)))
-        interval_metrics.append(step_metrics)
-        if step % train_cfg.log_every == 0 or step == num_steps:
-            stacked = jax.device_get(interval_metrics)
-            summary = {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
-            if not math.isfinite(summary["loss"]):
-                raise FloatingPointError(f"non-finite loss at step {step}: {summary['loss']}")
-            elapsed = time.perf_counter() - interval_start
-            steps_per_sec = len(interval_metrics) / elapsed
-            record = {"step": step, **summary, "lr": float(schedule(step - 1)), "steps_per_sec": steps_per_sec}
-            metrics_log.write(record)
-            log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s", step, num_steps,
-                     summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
-                     _format_seconds((num_steps - step) / steps_per_sec))
-            interval_metrics, interval_start = [], time.perf_counter()
-        if step % train_cfg.checkpoint_every == 0 or step == num_steps:
-            save(step)
-        if step % train_cfg.eval_every == 0 or step == num_steps:
-            last_eval = evaluate(step)
-            interval_start = time.perf_counter()
+    interval_metrics, interval_first, interval_start = [], first_step + 1, time.perf_counter()
+    with StopRequests() as stop:
+        for step in range(first_step + 1, num_steps + 1):
+            state, step_metrics = trainer.train_step(state, trainer.global_batch(next(data_iter)))
+            interval_metrics.append(step_metrics)
+            last = step == num_steps or stop.requested
+            must_save = step % train_cfg.checkpoint_every == 0 or last
+            if step % train_cfg.log_every == 0 or must_save:  # A checkpoint is only written after this check.
+                summary = _interval_summary(interval_metrics, train_cfg.skip_nonfinite, interval_first)
+                steps_per_sec = len(interval_metrics) / (time.perf_counter() - interval_start)
+                record = {"step": step, **summary, "lr": float(schedule(step - 1)), "steps_per_sec": steps_per_sec}
+                metrics_log.write(record)
+                log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s%s", step, num_steps,
+                         summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
+                         _format_seconds((num_steps - step) / steps_per_sec),
+                         f"  ({summary['skipped_steps']} non-finite steps skipped)" if summary["skipped_steps"] else "")
+                interval_metrics, interval_first, interval_start = [], step + 1, time.perf_counter()
+            if must_save:
+                save(step)
+            if stop.requested:
+                manager.wait_until_finished()
+                manager.close()
+                log.warning("Stopped by %s after step %d; checkpoint saved in %s. Run the same command to resume.",
+                            stop.signal_name, step, manager.directory)
+                return {"step": step, "stopped_by": stop.signal_name}
+            if step % train_cfg.eval_every == 0 or step == num_steps:
+                last_eval = evaluate(step)
+                interval_start = time.perf_counter()
     manager.wait_until_finished()
     manager.close()
     if last_eval is None:  # Already trained to num_steps: evaluate the restored state.

@@ -1,12 +1,16 @@
 """Trains and evaluates a segmentation model: a thin entry point over `train_and_evaluate`.
 
-  python -m experiments.voc --config=experiments/configs/voc.py:difnet18,synthetic --workdir=/tmp/difnet18
+  python -m experiments.voc --config=experiments/configs/voc.py:difnet18,synthetic --workdir=runs/difnet18
+
+Several hosts: run the same command on every host with --distributed (TPU pods, SLURM and
+other clusters JAX detects by itself) or with --coordinator_address/--num_processes/--process_id.
 """
 
 from __future__ import annotations
 
 import logging
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -16,6 +20,10 @@ from difnet_jax.config_checks import check_config
 log = logging.getLogger(__name__)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, with :ARG.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a manual multi-host run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a manual multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual multi-host run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,13 +31,19 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    for name in ("difnet_jax", __name__):
-        logging.getLogger(name).setLevel(logging.INFO)
     config = _CONFIG.value
-    check_config(config)
+    check_config(config)  # Before anything else: a bad value must cost nothing.
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if jax.process_index() == 0:  # Other hosts log warnings only.
+        for name in ("difnet_jax", __name__):
+            logging.getLogger(name).setLevel(logging.INFO)
     result = train.train_and_evaluate(config, _WORKDIR.value)
+    if "stopped_by" in result:
+        log.info("Stopped by %s at step %d; rerun the same command to resume.", result["stopped_by"], result["step"])
+        return
     log.info("Final validation mIoU %.4f (pixel accuracy %.4f) at step %d; workdir %s",
-                 result["val/miou"], result["val/pixel_accuracy"], result["step"], _WORKDIR.value)
+             result["val/miou"], result["val/pixel_accuracy"], result["step"], _WORKDIR.value)
 
 
 if __name__ == "__main__":

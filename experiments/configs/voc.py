@@ -68,6 +68,7 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
     train.eval_every = 5000
     train.checkpoint_every = 5000
     train.keep_checkpoints = 3
+    train.skip_nonfinite = False  # True: skip steps with a non-finite loss/gradient instead of stopping
 
     if "synthetic" in tokens:  # about 7 minutes of training on 2 CPU cores
         data.name = "synthetic_shapes"

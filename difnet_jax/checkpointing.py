@@ -1,0 +1,113 @@
+"""Orbax checkpoints of a run: the manager, a restore that survives a corrupt latest
+checkpoint, the guard against resuming with another model or dataset, and the
+pre-flight check that the workdir can hold the checkpoints at all.
+
+A checkpoint holds the train state (params, BatchNorm statistics, optimizer state,
+step, rng) and the grain iterator's position, so a resumed run sees exactly the
+batches and random numbers an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+# Keys that say where things are or how fast they load, not what is trained: they may change on resume.
+RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers")
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, create=True),
+        item_names=("state", "data"),
+    )
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter) -> tuple[Any, int | None]:
+    """(state, step) of the newest checkpoint that restores, or (None, None) if there is none.
+
+    A checkpoint that fails to restore (truncated or corrupt files) is skipped with a
+    warning and the one before it is tried; it is not deleted, so nothing is lost.
+    """
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=grain.checkpoint.CheckpointRestore(data_iter),
+            ))
+        except Exception as error:  # noqa: BLE001 (any failure to read means: try the previous one)
+            log.warning("Checkpoint %s/%d cannot be restored (%s: %s); falling back to the previous one.",
+                        manager.directory, step, type(error).__name__, str(error).splitlines()[0][:300])
+            continue
+        return restored["state"], step
+    if manager.all_steps():
+        raise RuntimeError(f"No checkpoint in {manager.directory} can be restored (steps {manager.all_steps()}).")
+    return None, None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a run whose model or data config differs from the saved config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _flatten({k: v for k, v in json.load(f).items() if k in ("model", "data")})
+    current = _flatten({k: v for k, v in json.loads(config.to_json_best_effort()).items() if k in ("model", "data")})
+    differing = sorted(
+        key for key in saved.keys() | current.keys()
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+    )
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+        raise ValueError(
+            f"Refusing to resume {workdir}: its checkpoints were trained with another model or data config "
+            f"({details}). Use a new --workdir, or restore these values."
+        )
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+
+def check_workdir(workdir: str, state_shapes: Any, keep: int) -> None:
+    """Fails early, with the path, if `workdir` cannot be written or lacks space for `keep + 1` checkpoints."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise OSError(f"workdir {workdir!r} is not writable: {error}") from error
+    state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state_shapes))
+    needed = (keep + 1) * state_bytes
+    free = shutil.disk_usage(workdir).free
+    if free < needed:
+        raise OSError(
+            f"workdir {workdir!r} has {free / 2**20:.0f} MiB free, but {keep + 1} checkpoints of this model need "
+            f"about {needed / 2**20:.0f} MiB; free space or lower config.train.keep_checkpoints."
+        )

@@ -1,0 +1,54 @@
+"""Run in a subprocess by test_scaling.py: trains the same steps on 1, 2 and 8 simulated CPU devices.
+
+Prints one JSON line: the max relative differences (per array, to its largest value) of params and BN statistics against 1 device,
+and the per-step losses of each device count.
+"""
+
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)  # before any backend is initialised
+
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+
+from difnet_jax import train  # noqa: E402
+from experiments.configs.voc import get_config  # noqa: E402
+
+
+def run(num_devices, steps=3):
+    config = get_config("difnet18,synthetic")
+    config.model.width = 8
+    config.model.aspp_rates = (1, 2)
+    config.data.crop_size = 33
+    config.train.batch_size = 8
+    trainer = train.Trainer(config, 21, mesh=Mesh(np.array(jax.devices()[:num_devices]), ("data",)))
+    state = trainer.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 33, 33, 3)).astype(np.float32),
+             "label": rng.integers(0, 21, (8, 33, 33)).astype(np.int32)}
+    losses = []
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+        losses.append(float(metrics["loss"]))
+    return jax.device_get((state.params, state.batch_stats)), losses
+
+
+def main():
+    assert jax.device_count() == 8, jax.devices()
+    reference, reference_losses = run(1)
+    result = {"losses": {1: reference_losses}, "max_diff": {}}
+    for n in (2, 8):
+        tree, losses = run(n)
+        diffs = jax.tree.map(
+            lambda a, b: float(np.abs(np.asarray(a) - b).max() / (np.abs(b).max() + 1e-6)), tree, reference
+        )
+        result["max_diff"][n] = max(jax.tree.leaves(diffs))
+        result["losses"][n] = losses
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
