@@ -200,20 +200,48 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _interval_summary(interval_metrics: list[dict], skip_nonfinite: bool, first_step: int) -> dict[str, float]:
-    """Means over the steps since the last log; raises on a non-finite step unless skipping."""
-    stacked = jax.device_get(interval_metrics)
-    nonfinite = [i for i, m in enumerate(stacked) if m["nonfinite"]]
-    if nonfinite and not skip_nonfinite:
-        step = first_step + nonfinite[0]
-        raise FloatingPointError(
-            f"non-finite loss or gradient at step {step} (loss {stacked[nonfinite[0]]['loss']}); the last checkpoint "
-            f"before it is kept. Set config.train.skip_nonfinite=True to skip such steps instead."
-        )
-    finite = [m for m in stacked if not m["nonfinite"]] or stacked
-    summary = {key: float(np.mean([m[key] for m in finite])) for key in stacked[0] if key != "nonfinite"}
-    summary["skipped_steps"] = len(nonfinite)
-    return summary
+class Progress:
+    """Step metrics since the last report: their means go to the log and metrics.jsonl, with steps/s and ETA.
+
+    A report raises FloatingPointError, naming the step, if any step since the last one
+    had a non-finite loss or gradient (unless such steps are being skipped).
+    """
+
+    def __init__(self, metrics_log: MetricsLog, schedule: optax.Schedule, num_steps: int, skip_nonfinite: bool,
+                 first_step: int):
+        self.metrics_log, self.schedule, self.num_steps = metrics_log, schedule, num_steps
+        self.skip_nonfinite = skip_nonfinite
+        self.pending: list[dict] = []
+        self.first_pending_step = first_step + 1
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.start = time.perf_counter()
+
+    def add(self, step_metrics: dict) -> None:
+        self.pending.append(step_metrics)
+
+    def report(self, step: int) -> None:
+        stacked = jax.device_get(self.pending)
+        nonfinite = [i for i, m in enumerate(stacked) if m["nonfinite"]]
+        if nonfinite and not self.skip_nonfinite:
+            raise FloatingPointError(
+                f"non-finite loss or gradient at step {self.first_pending_step + nonfinite[0]} "
+                f"(loss {stacked[nonfinite[0]]['loss']}); the last checkpoint before it is kept. "
+                "Set config.train.skip_nonfinite=True to skip such steps instead."
+            )
+        finite = [m for m in stacked if not m["nonfinite"]] or stacked
+        summary = {key: float(np.mean([m[key] for m in finite])) for key in stacked[0] if key != "nonfinite"}
+        steps_per_sec = len(stacked) / (time.perf_counter() - self.start)
+        record = {"step": step, **summary, "skipped_steps": len(nonfinite), "lr": float(self.schedule(step - 1)),
+                  "steps_per_sec": steps_per_sec}
+        self.metrics_log.write(record)
+        log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s%s", step, self.num_steps,
+                 summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
+                 _format_seconds((self.num_steps - step) / steps_per_sec),
+                 f"  ({len(nonfinite)} non-finite steps skipped)" if nonfinite else "")
+        self.pending, self.first_pending_step = [], step + 1
+        self.restart_clock()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -265,43 +293,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return record
 
     metrics_log = MetricsLog(workdir)
-    schedule = learning_rate_schedule(train_cfg)
     first_step = int(state.step)
     num_steps = train_cfg.num_steps
     log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s) of %d process(es).",
              config.model.name, config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size,
              num_devices, jax.process_count())
     last_eval = None
-    interval_metrics, interval_first, interval_start = [], first_step + 1, time.perf_counter()
-    with StopRequests() as stop:
-        for step in range(first_step + 1, num_steps + 1):
-            state, step_metrics = trainer.train_step(state, trainer.global_batch(next(data_iter)))
-            interval_metrics.append(step_metrics)
-            last = step == num_steps or stop.requested
-            must_save = step % train_cfg.checkpoint_every == 0 or last
-            if step % train_cfg.log_every == 0 or must_save:  # A checkpoint is only written after this check.
-                summary = _interval_summary(interval_metrics, train_cfg.skip_nonfinite, interval_first)
-                steps_per_sec = len(interval_metrics) / (time.perf_counter() - interval_start)
-                record = {"step": step, **summary, "lr": float(schedule(step - 1)), "steps_per_sec": steps_per_sec}
-                metrics_log.write(record)
-                log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s%s", step, num_steps,
-                         summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
-                         _format_seconds((num_steps - step) / steps_per_sec),
-                         f"  ({summary['skipped_steps']} non-finite steps skipped)" if summary["skipped_steps"] else "")
-                interval_metrics, interval_first, interval_start = [], step + 1, time.perf_counter()
-            if must_save:
-                save(step)
-            if stop.requested:
-                manager.wait_until_finished()
-                manager.close()
-                log.warning("Stopped by %s after step %d; checkpoint saved in %s. Run the same command to resume.",
-                            stop.signal_name, step, manager.directory)
-                return {"step": step, "stopped_by": stop.signal_name}
-            if step % train_cfg.eval_every == 0 or step == num_steps:
-                last_eval = evaluate(step)
-                interval_start = time.perf_counter()
-    manager.wait_until_finished()
-    manager.close()
+    progress = Progress(metrics_log, learning_rate_schedule(train_cfg), num_steps, train_cfg.skip_nonfinite,
+                        first_step)
+    try:  # However the loop ends, pending checkpoint writes finish: the last good one is kept.
+        with StopRequests() as stop:
+            for step in range(first_step + 1, num_steps + 1):
+                state, step_metrics = trainer.train_step(state, trainer.global_batch(next(data_iter)))
+                progress.add(step_metrics)
+                stopping = stop.requested  # read once: a signal may arrive at any point of the step
+                must_save = step % train_cfg.checkpoint_every == 0 or step == num_steps or stopping
+                if step % train_cfg.log_every == 0 or must_save:  # A checkpoint is only written after this check.
+                    progress.report(step)
+                if must_save:
+                    save(step)
+                if stopping:
+                    manager.wait_until_finished()
+                    log.warning("Stopped by %s after step %d; checkpoint saved in %s. Run the same command to resume.",
+                                stop.signal_name, step, manager.directory)
+                    return {"step": step, "stopped_by": stop.signal_name}
+                if step % train_cfg.eval_every == 0 or step == num_steps:
+                    last_eval = evaluate(step)
+                    progress.restart_clock()
+    finally:
+        manager.wait_until_finished()
+        manager.close()
     if last_eval is None:  # Already trained to num_steps: evaluate the restored state.
         last_eval = evaluate(first_step)
     return last_eval

@@ -1,0 +1,184 @@
+"""A run loses nothing: SIGTERM saves and resumes, NaNs are caught, corrupt checkpoints are skipped,
+a changed model is refused, a bad workdir fails early, bf16 trains like float32."""
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from difnet_jax import checkpointing, train
+from difnet_jax.data import pipeline
+from tests.conftest import TINY
+from tests.test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sigterm_saves_and_the_run_resumes_where_it_stopped(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "experiments.voc", "--config=experiments/configs/voc.py:difnet18,synthetic",
+        f"--workdir={workdir}", "--config.data.name=synthetic_shapes/tiny", f"--config.data.data_dir={tiny_data_dir}",
+        "--config.model.width=8", "--config.model.aspp_rates=(1,2)", "--config.data.crop_size=33",
+        "--config.train.batch_size=4", "--config.train.num_steps=400", "--config.train.log_every=1",
+        "--config.train.checkpoint_every=1000", "--config.train.eval_every=1000",
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics_path = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "Stopped by SIGTERM" in output
+    saved = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
+    assert len(saved) == 1 and 2 <= saved[0] < 400
+    stopped_at = saved[0]
+
+    command[command.index("--config.train.num_steps=400")] = f"--config.train.num_steps={stopped_at + 2}"
+    # num_steps may change on resume (it is not a model or data key); the run continues from the checkpoint.
+    output = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert output.returncode == 0, output.stderr[-3000:]
+    assert f"Resumed from {workdir / 'checkpoints'} at step {stopped_at}" in output.stderr
+    steps = [json.loads(line)["step"] for line in metrics_path.read_text().splitlines()]
+    assert steps[-3:] == [stopped_at + 1, stopped_at + 2, stopped_at + 2]  # two train lines, one eval line
+
+
+def _poisoning_global_batch(poison_step):
+    """Trainer.global_batch that puts a NaN in the images of the `poison_step`-th batch."""
+    original = train.Trainer.global_batch
+    calls = {"n": 0}
+
+    def global_batch(self, local_batch):
+        calls["n"] += 1
+        if calls["n"] == poison_step:
+            local_batch = {**local_batch, "image": np.where(True, np.nan, local_batch["image"]).astype(np.float32)}
+        return original(self, local_batch)
+
+    return global_batch
+
+
+def test_nan_batch_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data_dir)
+    config.train.num_steps = 6
+    config.train.checkpoint_every = 2
+    config.train.log_every = 100
+    monkeypatch.setattr(train.Trainer, "global_batch", _poisoning_global_batch(3))
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        train.train_and_evaluate(config, str(tmp_path))
+    manager = checkpointing.checkpoint_manager(str(tmp_path), config)
+    assert manager.all_steps() == [2]
+    trainer = train.Trainer(config, 21)
+    state = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state)))
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state["state"].params))
+
+
+def test_nan_batch_is_skipped_when_asked(tiny_data_dir, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data_dir)
+    config.train.num_steps = 4
+    config.train.checkpoint_every = 4
+    config.train.log_every = 4
+    config.train.eval_every = 4
+    config.train.skip_nonfinite = True
+    monkeypatch.setattr(train.Trainer, "global_batch", _poisoning_global_batch(2))
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert result["step"] == 4 and np.isfinite(result["val/miou"])
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["skipped_steps"] == 1 and np.isfinite(first["loss"])
+
+
+def test_skipped_step_leaves_the_state_unchanged(tiny_data_dir):
+    config = tiny_config(tiny_data_dir)
+    config.train.skip_nonfinite = True
+    trainer = train.Trainer(config, 21)
+    state = trainer.init(jax.random.PRNGKey(0))
+    before = jax.device_get(state.params)
+    batch = {"image": np.full((4, 33, 33, 3), np.nan, np.float32), "label": np.zeros((4, 33, 33), np.int32)}
+    state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+    assert int(metrics["nonfinite"]) == 1 and int(state.step) == 1
+    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data_dir, tmp_path_factory):
+    """A 4-step run with checkpoints at steps 2 and 4."""
+    workdir = tmp_path_factory.mktemp("finished")
+    config = tiny_config(tiny_data_dir)
+    config.train.num_steps = 4
+    config.train.checkpoint_every = 2
+    config.train.eval_every = 4
+    train.train_and_evaluate(config, str(workdir))
+    return config, workdir
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(finished_run, tmp_path, caplog):
+    config, finished = finished_run
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(workdir / "checkpoints" / "4" / "state") for f in fs]
+    for path in files:  # a half-written step-4 checkpoint
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 3)
+    trainer = train.Trainer(config, 21)
+    loader = pipeline.train_loader(pipeline.source(TINY, "train", config.data.data_dir), global_batch_size=4,
+                                   crop_size=33)
+    manager = checkpointing.checkpoint_manager(str(workdir), config)
+    with caplog.at_level(logging.WARNING):
+        state, step = checkpointing.restore_latest(manager, trainer.abstract_state, iter(loader))
+    assert step == 2 and int(state.step) == 2
+    assert "checkpoints/4 cannot be restored" in caplog.text
+    assert (workdir / "checkpoints" / "4").exists()  # nothing is deleted
+
+
+def test_resume_with_another_model_is_refused(finished_run):
+    config, workdir = finished_run
+    changed = tiny_config(config.data.data_dir)
+    changed.train.num_steps = 8
+    changed.model.walks = (1, 3, 5)
+    changed.data.crop_size = 41
+    changed.data.data_dir = "/elsewhere"  # a new location alone would be fine
+    with pytest.raises(ValueError, match=r"data.crop_size: 33 -> 41, model.walks: \[1, 2, 3, 4, 5\] -> \[1, 3, 5\]\)"):
+        train.train_and_evaluate(changed, str(workdir))
+
+
+def test_bad_workdir_fails_before_training(tiny_data_dir, tmp_path, monkeypatch):
+    config = tiny_config(tiny_data_dir)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="is not writable"):
+        train.train_and_evaluate(config, str(blocker / "run"))
+    monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 1024))
+    with pytest.raises(OSError, match="1 MiB free|0 MiB free"):
+        train.train_and_evaluate(config, str(tmp_path / "full"))
+    assert not (tmp_path / "full" / "checkpoints").exists()
+
+
+def test_bfloat16_trains_like_float32(tiny_data_dir):
+    source = pipeline.source(TINY, "train", tiny_data_dir)
+    batch = next(iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33)))
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        config = tiny_config(tiny_data_dir)
+        config.model.dtype = dtype
+        config.train.num_steps = 1000
+        trainer = train.Trainer(config, 21)
+        state = trainer.init(jax.random.PRNGKey(0))
+        assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))  # float32 parameters
+        losses[dtype] = []
+        for _ in range(5):
+            state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+            losses[dtype].append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
+    assert losses["bfloat16"][-1] < losses["bfloat16"][0]
