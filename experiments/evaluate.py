@@ -1,0 +1,59 @@
+"""Evaluates a trained run's checkpoint: the paper's protocol, or multi-scale + flip, or + dense CRF.
+
+  python -m experiments.evaluate --workdir=runs/difnet18_synthetic
+  python -m experiments.evaluate --workdir=runs/difnet18_synthetic --scales=0.5,0.75,1.0,1.25,1.5,1.75 --flip
+  python -m experiments.evaluate --workdir=runs/simdeeplab18_synthetic --crf
+
+The run's config comes from WORKDIR/config.json unless --config is given. Writes
+WORKDIR/eval_<split>_step<N>[_ms][_flip][_crf].{json,md} (and _predictions.npz with
+--save_predictions) and prints the Markdown report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from difnet_jax import crf
+from difnet_jax.evaluate import evaluate_workdir, report_markdown
+from experiments.run_config import run_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (config.json, checkpoints/).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate; default config.data.eval_split.")
+_SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose softmax probabilities are averaged.")
+_FLIP = flags.DEFINE_bool("flip", False, "Also average over horizontally flipped inputs.")
+_CRF = flags.DEFINE_bool("crf", False, "Dense-CRF post-processing (Sim-DeepLab + CRF of Table 1).")
+_CRF_ITERATIONS = flags.DEFINE_integer("crf_iterations", 10, "Mean-field iterations of the dense CRF.")
+_CRF_MAX_SENDERS = flags.DEFINE_integer("crf_max_senders", 4096,
+                                        "Appearance-kernel senders per image (the sender grid's stride follows).")
+_SAVE_PREDICTIONS = flags.DEFINE_bool("save_predictions", False, "Also write the predictions as .npz.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per batch; default config.train.eval_batch_size.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_dir (the TFDS data_dir).")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 5, "Log progress every this many batches.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+    config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
+    crf_params = crf.CRFParams(iterations=_CRF_ITERATIONS.value, max_senders=_CRF_MAX_SENDERS.value) if _CRF.value \
+        else None
+    report, paths = evaluate_workdir(
+        _WORKDIR.value, config=config, step=_STEP.value, split=_SPLIT.value,
+        scales=[float(s) for s in _SCALES.value], flip=_FLIP.value, crf_params=crf_params,
+        save_predictions_npz=_SAVE_PREDICTIONS.value, batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
+    )
+    print(report_markdown(report))
+    print("Wrote " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,68 @@
+"""The mechanism study of a trained DifNet (Sec. 5.3-5.4): Figs. 2-4 and Tables 3-4 in WORKDIR/mechanism/.
+
+  python -m experiments.mechanism --workdir=runs/difnet18_synthetic
+  python -m experiments.mechanism --workdir=runs/difnet18_synthetic --nodes='3,4;8,8' --num_images=2 --skip_timing
+
+Nodes are seed-grid cells (y, x), the cell over pixel (8y, 8x); by default they are
+chosen per image, deep inside regions of different ground-truth classes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from difnet_jax import crf, restore
+from difnet_jax.mechanism import run_study
+from experiments.run_config import run_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The DifNet run's directory (config.json, checkpoints/).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
+_SPLIT = flags.DEFINE_string("split", None, "Split the images come from; default config.data.eval_split.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Images shown in the figures (the split's first ones).")
+_NODES = flags.DEFINE_string("nodes", None, "Seed-grid nodes 'y,x;y,x;...' for Fig. 3; default: chosen per image.")
+_NUM_NODES = flags.DEFINE_integer("num_nodes", 4, "Nodes chosen per image when --nodes is not given.")
+_TIMING_SIZE = flags.DEFINE_integer("timing_size", 505, "Image side for the timings of Table 4.")
+_TIMING_RUNS = flags.DEFINE_integer("timing_runs", 10, "Timed runs per part (after warm-up).")
+_SKIP_TIMING = flags.DEFINE_bool("skip_timing", False, "Leave out Table 4.")
+_TIME_CRF = flags.DEFINE_bool("time_crf", False, "Also time the dense CRF (10 iterations) in Table 4.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_dir (the TFDS data_dir).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the figures and tables go; default WORKDIR/mechanism.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def parse_nodes(text: str | None) -> list[tuple[int, int]] | None:
+    """'3,4;8,8' -> [(3, 4), (8, 8)]."""
+    if not text:
+        return None
+    try:
+        return [(int(y), int(x)) for y, x in (item.split(",") for item in text.split(";") if item.strip())]
+    except ValueError as error:
+        raise app.UsageError(f"--nodes must look like 'y,x;y,x', got {text!r}") from error
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+    config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
+    run = restore.load_run(_WORKDIR.value, config, _STEP.value)
+    result = run_study(
+        run, num_images=_NUM_IMAGES.value, nodes=parse_nodes(_NODES.value), num_nodes=_NUM_NODES.value,
+        split=_SPLIT.value, timing_size=_TIMING_SIZE.value, timing_runs=_TIMING_RUNS.value,
+        crf_params=crf.CRFParams() if _TIME_CRF.value else None, skip_timing=_SKIP_TIMING.value,
+        output_dir=_OUTPUT_DIR.value,
+    )
+    for path in result["paths"]:
+        if path.endswith(".md"):
+            print(open(path).read())
+    print("Wrote " + ", ".join(result["paths"]))
+
+
+if __name__ == "__main__":
+    app.run(main)
