@@ -36,7 +36,7 @@ from jax import lax
 
 BACKENDS = ("dense", "chunked", "fused", "auto")
 DEFAULT_BLOCK_SIZE = 512
-AUTO_DENSE_MAX_NODES = 784  # dense and chunked tie up to here on a 2-core CPU; chunked ~2x faster from 1,024
+AUTO_DENSE_MAX_NODES = 784  # 2-core CPU: dense as fast up to here, chunked from ~1,000 (2.4x at 1,681; BENCHMARKS.md)
 
 
 def transition_matrix(psi: jax.Array) -> jax.Array:

@@ -41,7 +41,7 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
     model.aspp_rates = (6, 12, 18, 24)
     model.walks = (1, 3, 5) if variant.endswith("_no24") else (1, 2, 3, 4, 5)  # taps: image, layer1..4
     model.psi_channels = 64
-    model.diffusion_backend = "dense"
+    model.diffusion_backend = "auto"  # dense | chunked | fused | auto (fastest that fits; see README)
     model.dtype = "float32"  # compute dtype; parameters stay float32
 
     config.data = data = ml_collections.ConfigDict()
