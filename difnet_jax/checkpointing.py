@@ -23,8 +23,8 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
 
-# Keys that say where things are or how fast they load, not what is trained: they may change on resume.
-RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers")
+# Keys that say where things are or how they are computed, not what is trained: they may change on resume.
+RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "model.diffusion_backend")
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
