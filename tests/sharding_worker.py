@@ -1,6 +1,7 @@
 """Run in a subprocess by test_scaling.py: trains the same steps on 1, 2 and 8 simulated CPU devices.
 
-Prints one JSON line: the max differences (per array, relative to its largest value where that exceeds 1) of params and BN statistics against 1 device,
+Prints one JSON line: the max differences of params and BN statistics against 1 device (per array,
+relative to its largest value where that exceeds 1),
 and the per-step losses of each device count.
 """
 
