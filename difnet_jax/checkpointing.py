@@ -24,7 +24,9 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 # Keys that say where things are or how they are computed, not what is trained: they may change on resume.
-RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "model.diffusion_backend")
+# (backbone_init only seeds a fresh run: a resumed run reads its weights from the checkpoint.)
+RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "model.diffusion_backend",
+                     "model.backbone_init", "model.verify_backbone_init")
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -68,15 +70,21 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a run whose model or data config differs from the saved config.json."""
+    """Refuses to resume a run whose model or data config differs from the saved config.json.
+
+    Keys the saved file lacks (added to the configs after the run started) are not
+    compared; each is logged with the value the resumed run uses.
+    """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
     with open(path) as f:
         saved = _flatten({k: v for k, v in json.load(f).items() if k in ("model", "data")})
     current = _flatten({k: v for k, v in json.loads(config.to_json_best_effort()).items() if k in ("model", "data")})
+    for key in sorted(current.keys() - saved.keys()):
+        log.warning("%s/config.json has no %s (a newer key); resuming with %r.", workdir, key, current[key])
     differing = sorted(
-        key for key in saved.keys() | current.keys()
+        key for key in saved.keys()
         if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
     )
     if differing:

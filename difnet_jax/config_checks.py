@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-from difnet_jax import diffusion
-from difnet_jax.models import DTYPES, MODEL_NAMES
+from difnet_jax import diffusion, optimizer, weight_files
+from difnet_jax.models import BRANCHES, DTYPES, MODEL_NAMES
 from difnet_jax.models.difnet import ALL_WALKS
 from difnet_jax.models.resnet import STAGE_SIZES
 
@@ -40,6 +42,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(model.diffusion_backend in diffusion.BACKENDS, "model.diffusion_backend", model.diffusion_backend,
              f"one of {diffusion.BACKENDS}")
     _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"one of {tuple(DTYPES)}")
+    _check_backbone_init(model)
 
     _require(isinstance(data.name, str) and bool(data.name), "data.name", data.name, "a TFDS dataset name")
     _require(_positive_int(data.crop_size) and data.crop_size >= 9, "data.crop_size", data.crop_size,
@@ -58,5 +61,29 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _require(train.lr_power >= 0, "train.lr_power", train.lr_power, "a number >= 0")
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "a number in [0, 1)")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "a number >= 0")
+    _require(train.weight_decay_on in optimizer.WEIGHT_DECAY_ON, "train.weight_decay_on", train.weight_decay_on,
+             f"one of {optimizer.WEIGHT_DECAY_ON}")
+    for key in ("pretrained_lr_scale", "new_lr_scale"):
+        _require(train[key] >= 0, f"train.{key}", train[key], "a number >= 0")
     _require(isinstance(train.skip_nonfinite, bool), "train.skip_nonfinite", train.skip_nonfinite, "True or False")
     _require(isinstance(train.seed, int), "train.seed", train.seed, "an integer")
+
+
+def _check_backbone_init(model: ml_collections.ConfigDict) -> None:
+    _require(model.backbone_init_branches in BRANCHES, "model.backbone_init_branches", model.backbone_init_branches,
+             f"one of {tuple(BRANCHES)}")
+    for key in ("verify_backbone_init", "frozen_backbone_bn"):
+        _require(isinstance(model[key], bool), f"model.{key}", model[key], "True or False")
+    path = model.backbone_init
+    if not path:
+        _require(not model.frozen_backbone_bn, "model.frozen_backbone_bn", True,
+                 "False when training from scratch (no model.backbone_init)")
+        return
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"config.model.backbone_init={path!r}: no such file. Fetch torchvision's ImageNet ResNet-{model.depth} "
+            "and convert it (README, 'Pretrained backbones'): python -m experiments.convert_weights "
+            f"--input=resnet{model.depth}-*.pth --output={path}"
+        )
+    _require(path.lower().endswith(weight_files.SUFFIXES), "model.backbone_init", path,
+             f"a file ending in one of {weight_files.SUFFIXES}")

@@ -30,10 +30,11 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing, losses, metrics
+from difnet_jax import checkpointing, losses, metrics, pretrained
 from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.data import pipeline
-from difnet_jax.models import build_model
+from difnet_jax.models import build_model, pretrained_backbones
+from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
 from difnet_jax.preemption import StopRequests
 
 log = logging.getLogger(__name__)
@@ -45,31 +46,6 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
-
-
-def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
-    """lr_t = lr * (1 - t / num_steps) ** power (DeepLab's "poly" policy)."""
-    return optax.polynomial_schedule(train.lr, 0.0, train.lr_power, train.num_steps)
-
-
-OPTIMIZERS = ("sgd", "adamw")
-
-
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The paper's SGD (Sec. 5.1), or AdamW for the short synthetic runs.
-
-    "sgd": momentum SGD with L2 weight decay added to the gradient, as torch.optim.SGD.
-    "adamw": Adam with decoupled weight decay (Loshchilov & Hutter 2019); it learns a
-    from-scratch network within the few hundred steps a CPU run affords.
-    Either way weight decay applies to every parameter, BatchNorm scales and the
-    mu/beta logits included, as in the authors' code (one rate for all parameters).
-    """
-    schedule = learning_rate_schedule(train)
-    if train.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(train.weight_decay), optax.sgd(schedule, momentum=train.momentum))
-    if train.optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=train.weight_decay)
-    raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}")
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -139,7 +115,8 @@ class Trainer:
         self.num_classes = num_classes
         self.mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
         self.model = build_model(config.model, num_classes)
-        self.tx = make_optimizer(config.train)
+        self.pretrained = pretrained_backbones(config.model)
+        self.tx = make_optimizer(config.train, self.pretrained, frozen_bn=config.model.frozen_backbone_bn)
         self.replicated = NamedSharding(self.mesh, P())
         self.data_sharding = NamedSharding(self.mesh, P("data"))
         crop = config.data.crop_size
@@ -162,6 +139,25 @@ class Trainer:
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=self.replicated,
         )
+
+    def initial_state(self, rng: jax.Array) -> TrainState:
+        """A fresh state; backbones listed by `model.backbone_init_branches` start from `model.backbone_init`."""
+        state = self.init(rng)
+        if not self.pretrained:
+            return state
+        model_cfg = self.config.model
+        resnet = pretrained.load_resnet(model_cfg.backbone_init, model_cfg.depth, model_cfg.width,
+                                        verify=model_cfg.verify_backbone_init)
+        params, batch_stats = pretrained.initialise_backbones(state.params, state.batch_stats, resnet, self.pretrained)
+        def to_global(leaf, sharding):  # every host read the same file: each supplies its own shards
+            if isinstance(leaf, np.ndarray):
+                return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])
+            return leaf
+
+        params, batch_stats = jax.tree.map(to_global, (params, batch_stats),
+                                           (self.state_sharding.params, self.state_sharding.batch_stats))
+        log.info("Initialised %s from %s.", ", ".join(self.pretrained), model_cfg.backbone_init)
+        return state.replace(params=params, batch_stats=batch_stats)
 
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Assembles the global batch, sharded over 'data', from this host's part."""
@@ -271,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager = checkpoint_manager(workdir, config)
     state, restored_step = checkpointing.restore_latest(manager, trainer.abstract_state, data_iter)
     if state is None:
-        state = trainer.init(jax.random.PRNGKey(train_cfg.seed))
+        state = trainer.initial_state(jax.random.PRNGKey(train_cfg.seed))
         checkpointing.write_config(workdir, config)
     else:
         log.info("Resumed from %s at step %d.", manager.directory, restored_step)

@@ -18,15 +18,19 @@ from difnet_jax.models.resnet import ResNet
 
 
 class SimDeepLab(nn.Module):
+    backbones = ("backbone",)
+
     num_classes: int
     depth: int = 101
     width: int = 64
     aspp_rates: Sequence[int] = (6, 12, 18, 24)
     dtype: Any = jnp.float32
+    frozen_bn: bool = False  # the backbone's BatchNorm uses and keeps its running statistics
 
     @nn.compact
     def __call__(self, images, *, train: bool):
-        features = ResNet(self.depth, self.width, dtype=self.dtype, name="backbone")(images, train=train)
+        backbone = ResNet(self.depth, self.width, dtype=self.dtype, frozen_bn=self.frozen_bn, name="backbone")
+        features = backbone(images, train=train)
         score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
         logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
         return logits, {"score_map": score_map}

@@ -86,8 +86,11 @@ class DifNet(nn.Module):
     intermediates: 'score_map' x, 'importance' M, 'seed' s (all (B, h', w', .)),
     'walks' (y_1..y_T, each (B, h', w', K)), 'mu' and 'beta' ((T,)).
     `walks` picks which of the five taps get a random walk, in order, e.g. (1, 3, 5)
-    for the paper's ablation without the 2nd and 4th walks.
+    for the paper's ablation without the 2nd and 4th walks. `frozen_bn_backbones` names
+    the backbones ("seed_backbone", "similarity_backbone") whose BatchNorm is frozen.
     """
+
+    backbones = ("seed_backbone", "similarity_backbone")
 
     num_classes: int
     depth: int = 50
@@ -99,6 +102,7 @@ class DifNet(nn.Module):
     diffusion_backend: str = "dense"
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
+    frozen_bn_backbones: Sequence[str] = ()
 
     @nn.compact
     def __call__(self, images, *, train: bool):
@@ -110,7 +114,10 @@ class DifNet(nn.Module):
         resnet = functools.partial(ResNet, self.depth, self.width, dtype=self.dtype, bn_momentum=self.bn_momentum)
 
         # Seed branch.
-        seed_features = resnet(name="seed_backbone")(images, train=train)["layer4"]
+        def backbone(name):
+            return resnet(frozen_bn=name in self.frozen_bn_backbones, name=name)
+
+        seed_features = backbone("seed_backbone")(images, train=train)["layer4"]
         if self.aspp:
             score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(seed_features)
         else:
@@ -120,7 +127,7 @@ class DifNet(nn.Module):
         seed = importance * score_map
 
         # Similarity branch.
-        taps = resnet(name="similarity_backbone")(images, train=train)
+        taps = backbone("similarity_backbone")(images, train=train)
         tap_features = {1: images, 2: taps["layer1"], 3: taps["layer2"], 4: taps["layer3"], 5: taps["layer4"]}
         batch, height, width, classes = seed.shape
         psis = [

@@ -83,13 +83,16 @@ class ResNet(nn.Module):
     """Atrous ResNet-`depth` returning {'stem', 'layer1', ..., 'layer4'} feature maps.
 
     `width` is the channel count of the stem and layer1 (64 in the paper); smaller
-    widths give the quick CPU variants used by the synthetic configs.
+    widths give the quick CPU variants used by the synthetic configs. `frozen_bn`
+    normalises with the running statistics in training too and leaves them as they
+    are (fine-tuning ImageNet weights with small per-device batches).
     """
 
     depth: int
     width: int = 64
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
+    frozen_bn: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool) -> dict[str, jnp.ndarray]:
@@ -97,7 +100,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
         block = Bottleneck if self.depth in BOTTLENECK_DEPTHS else BasicBlock
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+            nn.BatchNorm, use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
             epsilon=1e-5, dtype=self.dtype,
         )
         x = x.astype(self.dtype)

@@ -4,9 +4,14 @@ Use as `--config=experiments/configs/voc.py:ARG`, ARG = VARIANT[,MODIFIER...]:
   VARIANT   difnet18 | difnet34 | difnet50 | difnet101 | difnet50_noaspp | difnet50_no24
             simdeeplab18 | simdeeplab34 | simdeeplab50 | simdeeplab101
   MODIFIER  synthetic   the embedded synthetic_shapes dataset, sized for a 2-core CPU
+            imagenet    fine-tune from torchvision's ImageNet ResNet, read from weights/resnet{depth}.npz
+                        (written by experiments.convert_weights, README "Pretrained backbones"; any
+                        other file: --config.model.backbone_init=FILE); lr 2.5e-3 x1 on the backbones,
+                        x10 on the new layers, no weight decay on BatchNorm, biases and mu/beta, 30 epochs
 
-Defaults are the paper's (Sec. 5.1): batch 16, crop 321, SGD lr 2.5e-3 with poly
-decay 0.9, momentum 0.9, weight decay 5e-4, 200 epochs of the 10,582 train images.
+Defaults are the paper's (Sec. 5.1, trained from scratch): batch 16, crop 321, SGD lr
+2.5e-3 with poly decay 0.9, momentum 0.9, weight decay 5e-4, 200 epochs of the 10,582
+train images.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ VOC_TRAIN_IMAGES = 10_582
 VARIANTS = tuple(f"difnet{d}" for d in DEPTHS) + ("difnet50_noaspp", "difnet50_no24") + tuple(
     f"simdeeplab{d}" for d in DEPTHS
 )
-MODIFIERS = ("synthetic",)
+MODIFIERS = ("synthetic", "imagenet")
 
 
 def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
@@ -43,6 +48,10 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
     model.psi_channels = 64
     model.diffusion_backend = "auto"  # dense | chunked | fused | auto (fastest that fits; see README)
     model.dtype = "float32"  # compute dtype; parameters stay float32
+    model.backbone_init = ""  # torchvision ResNet weights (.pth/.pt/.safetensors/.npz); "" = from scratch
+    model.backbone_init_branches = "both"  # DifNet: both | seed | similarity (backbones backbone_init initialises)
+    model.verify_backbone_init = True  # compare the imported ResNet with a reference forward pass at start
+    model.frozen_backbone_bn = False  # pretrained backbones: BatchNorm statistics and affine parameters fixed
 
     config.data = data = ml_collections.ConfigDict()
     data.name = "voc_aug"
@@ -63,6 +72,9 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
     train.lr_power = 0.9
     train.momentum = 0.9
     train.weight_decay = 5e-4
+    train.weight_decay_on = "all"  # all | kernels (no decay on BatchNorm, biases and the mu/beta logits)
+    train.pretrained_lr_scale = 1.0  # lr multiplier of the backbones initialised from model.backbone_init
+    train.new_lr_scale = 1.0  # lr multiplier of every other parameter
     train.seed = 0
     train.log_every = 50
     train.eval_every = 5000
@@ -84,4 +96,10 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
         train.log_every = 50
         train.eval_every = 250
         train.checkpoint_every = 250
+    if "imagenet" in tokens:  # DeepLab-style fine-tuning; a starting point, not tuned on VOC here
+        train.num_steps = 30 * VOC_TRAIN_IMAGES // 16
+        train.weight_decay_on = "kernels"
+        train.new_lr_scale = 10.0
+        train.eval_every = train.checkpoint_every = 2000
+        model.backbone_init = f"weights/resnet{model.depth}.npz"
     return config
