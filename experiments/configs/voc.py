@@ -97,9 +97,10 @@ def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
         train.eval_every = 250
         train.checkpoint_every = 250
     if "imagenet" in tokens:  # DeepLab-style fine-tuning; a starting point, not tuned on VOC here
-        train.num_steps = 30 * VOC_TRAIN_IMAGES // 16
+        model.backbone_init = f"weights/resnet{model.depth}.npz"
         train.weight_decay_on = "kernels"
         train.new_lr_scale = 10.0
-        train.eval_every = train.checkpoint_every = 2000
-        model.backbone_init = f"weights/resnet{model.depth}.npz"
+        if "synthetic" not in tokens:
+            train.num_steps = 30 * VOC_TRAIN_IMAGES // 16
+            train.eval_every = train.checkpoint_every = 2000
     return config
