@@ -37,7 +37,8 @@ _NS = flags.DEFINE_list("ns", ["1681", "4096", "16384", "65536"], "Node counts N
 _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Batch sizes B.")
 _BACKENDS = flags.DEFINE_list("backends", list(diffusion.BACKENDS), "Diffusion backends.")
 _CROSSOVER_NS = flags.DEFINE_list(
-    "crossover_ns", ["256", "576", "784", "1024", "1681", "2304", "4096"], "N of the dense vs chunked table (B = 1).")
+    "crossover_ns", ["256", "576", "784", "1024", "1296", "1681", "2304", "4096"],
+    "N of the dense vs chunked table (B = 1).")
 _BLOCK_SIZE = flags.DEFINE_integer("block_size", diffusion.DEFAULT_BLOCK_SIZE, "Block of the chunked backend.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs after the warm-up; the median is reported.")
 _MAX_GIB = flags.DEFINE_float("max_gib", 16.0, "Compiled memory above which a combination is not run.")

@@ -11,7 +11,8 @@ classes; a similarity embedding Psi is (B, N, C).
 P y = softmax(Psi Psi^T) y is dot-product attention with Q = K = Psi, V = y and scale 1,
 so the cascade has several backends for it (`BACKENDS`):
 
-- "dense":   forms every P_t, O(B N^2) memory; what the mechanism-study figures read.
+- "dense":   forms every P_t, O(B N^2) memory; what the mechanism-study figures read. Its hand-written
+             VJP keeps one N x N array per walk (P_t) and runs the backward as plain GEMMs.
 - "chunked": blockwise online softmax over row and column blocks (the flash-attention
              recurrence) with a recomputing custom VJP; pure JAX, any platform, no N x N array.
 - "fused":   `jax.nn.dot_product_attention`: cuDNN flash attention on GPUs for bfloat16/float16
@@ -36,14 +37,25 @@ from jax import lax
 
 BACKENDS = ("dense", "chunked", "fused", "auto")
 DEFAULT_BLOCK_SIZE = 512
-AUTO_DENSE_MAX_NODES = 784  # 2-core CPU: dense as fast up to here, chunked from ~1,000 (2.4x at 1,681; BENCHMARKS.md)
+# 2-core CPU, fwd+bwd at B = 1: chunked / dense time 1.3-1.6 up to 784, 1.14-1.43 at 1,024, then 0.82-1.30 at
+# 1,156-1,296 and 0.86-0.91 at 1,444-1,681 (`python -m benchmarks.cascade --ns= --crossover_ns=...` --batches=1).
+AUTO_DENSE_MAX_NODES = 1024
 
 
 def transition_matrix(psi: jax.Array) -> jax.Array:
-    """P = softmax(Psi Psi^T) along rows: (B, N, C) -> (B, N, N), rows sum to 1."""
+    """P = softmax(Psi Psi^T) along rows: (B, N, C) -> (B, N, N), rows sum to 1.
+
+    Written as exp(S' - log rowsum(e^S')), S' = Psi Psi^T - rowmax, rather than `jax.nn.softmax`'s
+    e^S' / rowsum(e^S'), whose unnormalised e^S' XLA:CPU keeps as one more N x N array per walk; and not as
+    exp(S - logsumexp(S)), whose float32 lse costs |lse| 2^-24 in the row sums. The isfinite guard on the row
+    max (as in `jax.nn.logsumexp`) keeps XLA:CPU from fusing the softmax into the Psi Psi^T product, for which
+    YNNPACK allocates, and page-faults, a fresh N x N buffer on every call.
+    """
     psi = psi.astype(jnp.float32)
     affinity = jnp.einsum("bnc,bmc->bnm", psi, psi)
-    return jax.nn.softmax(affinity, axis=-1)
+    row_max = affinity.max(-1, keepdims=True)
+    shifted = affinity - jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    return jnp.exp(shifted - jnp.log(jnp.exp(shifted).sum(-1, keepdims=True)))
 
 
 def relax(diffused, y, seed, mu, beta):
@@ -54,6 +66,45 @@ def relax(diffused, y, seed, mu, beta):
 def random_walk(y, seed, transition, mu, beta):
     """One walk of Eq. 5 with R of Eq. 4; `transition` is P (B, N, N)."""
     return relax(jnp.einsum("bnm,bmk->bnk", transition, y), y, seed, mu, beta)
+
+
+# --- dense: every P_t formed, with a hand-written VJP -------------------------------------------
+
+
+@jax.custom_vjp
+def dense_diffusion(psi: jax.Array, y: jax.Array) -> jax.Array:
+    """P y with P = softmax(Psi Psi^T) formed in full, for float32 Psi (B, N, C), y (B, N, K) (Sec. 4, Eq. 4-5).
+
+    The values of `transition_matrix(psi) @ y`. The VJP saves P (one N x N array per walk; autodiff of the
+    softmax keeps two and forms more in the backward) and computes, with g the cotangent of z = P y,
+
+      dy = P^T g,   dS = P * (g y^T - rowsum(g * z)),   dPsi = (dS + dS^T) Psi,
+
+    where rowsum(g * z) = rowsum(P * g y^T) costs O(N K) instead of a pass over N x N arrays.
+    """
+    return _dense_diffusion_fwd(psi, y)[0]
+
+
+def _dense_diffusion_fwd(psi, y):
+    p = transition_matrix(psi)
+    out = jnp.einsum("bnm,bmk->bnk", p, y)
+    return out, (psi, y, out, p)
+
+
+def _dense_diffusion_bwd(residuals, d_out):
+    """The VJP above. g y^T - rowsum(g * z) is one GEMM, [g, -rowsum(g * z)] [y, 1]^T: fused into the product,
+    the subtraction makes XLA:CPU's YNNPACK fusion allocate (and page-fault) a fresh N x N buffer every walk.
+    """
+    psi, y, out, p = residuals
+    delta = (d_out * out).sum(-1, keepdims=True)
+    lhs, rhs = jnp.concatenate([d_out, -delta], -1), jnp.concatenate([y, jnp.ones_like(delta)], -1)
+    ds = p * jnp.einsum("bnk,bmk->bnm", lhs, rhs)
+    d_psi = jnp.einsum("bnm,bmc->bnc", ds, psi) + jnp.einsum("bnm,bnc->bcm", ds, psi).swapaxes(1, 2)
+    d_y = jnp.einsum("bnk,bnm->bkm", d_out, p).swapaxes(1, 2)
+    return d_psi, d_y
+
+
+dense_diffusion.defvjp(_dense_diffusion_fwd, _dense_diffusion_bwd)
 
 
 # --- chunked: flash attention in pure JAX ------------------------------------------------------
@@ -240,7 +291,7 @@ def diffuse(psi: jax.Array, y: jax.Array, backend: str = "dense", block_size: in
     """P y with P = softmax(Psi Psi^T) (Sec. 4), in float32, by the named backend."""
     backend = resolve_backend(backend, psi)
     if backend == "dense":
-        return jnp.einsum("bnm,bmk->bnk", transition_matrix(psi), y)
+        return dense_diffusion(psi.astype(jnp.float32), y.astype(jnp.float32))
     if backend == "chunked":
         return chunked_diffusion(psi.astype(jnp.float32), y, block_size)
     return fused_diffusion(psi, y)

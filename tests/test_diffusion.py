@@ -31,6 +31,27 @@ def test_transition_rows_are_distributions():
     np.testing.assert_allclose(p, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [0.5, 2.0])  # 2.0: logits Psi Psi^T of tens, rows close to one-hot
+def test_dense_diffusion_vjp_matches_autodiff_of_the_formula(scale):
+    """The hand-written VJP of P y (Eq. 4-5) against jax.grad of softmax(Psi Psi^T) y, B = 3, N = 53."""
+    rng = np.random.default_rng(1)
+    batch, n = 3, 53
+    psi = jnp.asarray(rng.normal(size=(batch, n, C)) * scale, jnp.float32)
+    y = jnp.asarray(rng.normal(size=(batch, n, K)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(batch, n, K)), jnp.float32)
+
+    def formula(psi, y):
+        return jnp.einsum("bnm,bmk->bnk", jax.nn.softmax(jnp.einsum("bnc,bmc->bnm", psi, psi), axis=-1), y)
+
+    def loss_and_grads(diffusion_fn):
+        loss = lambda psi, y: ((diffusion_fn(psi, y) * weights).sum(), diffusion_fn(psi, y))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(psi, y)
+
+    actual, expected = loss_and_grads(diffusion.dense_diffusion), loss_and_grads(formula)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-5 * float(np.abs(e).max()))
+
+
 def test_cascade_converges_to_closed_form():
     """One P, fixed mu, beta = 1, many walks: Eq. 4 iterated -> (1 - mu)(I - mu P)^-1 s."""
     seed_vec, (psi,) = _inputs(walks=1)
