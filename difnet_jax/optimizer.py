@@ -38,16 +38,16 @@ def parameter_groups(params, train: ml_collections.ConfigDict, pretrained: Seque
     `pretrained` names the top-level modules initialised from ImageNet weights. A ResNet's
     only parameters besides convolution kernels are its BatchNorm scales and biases.
     """
-    if train.weight_decay_on not in WEIGHT_DECAY_ON:
-        raise ValueError(f"config.train.weight_decay_on must be one of {WEIGHT_DECAY_ON}, "
-                         f"got {train.weight_decay_on!r}")
+    decay_on = train.get("weight_decay_on", "all")  # .get: configs saved before the key existed
+    if decay_on not in WEIGHT_DECAY_ON:
+        raise ValueError(f"config.train.weight_decay_on must be one of {WEIGHT_DECAY_ON}, got {decay_on!r}")
 
     def label(path, _):
         names = [k.key for k in path]
         is_pretrained, is_kernel = names[0] in pretrained, names[-1] == "kernel"
         if is_pretrained and frozen_bn and not is_kernel:
             return "frozen"
-        decayed = train.weight_decay_on == "all" or is_kernel
+        decayed = decay_on == "all" or is_kernel
         return f"{'pretrained' if is_pretrained else 'new'}_{'decay' if decayed else 'no_decay'}"
 
     return jax.tree_util.tree_map_with_path(label, params)
@@ -71,7 +71,7 @@ def make_optimizer(train: ml_collections.ConfigDict, pretrained: Sequence[str] =
     weight decay; it learns a from-scratch network within the few hundred steps a CPU
     run affords (the synthetic configs).
     """
-    scales = {"pretrained": train.pretrained_lr_scale, "new": train.new_lr_scale}
+    scales = {"pretrained": train.get("pretrained_lr_scale", 1.0), "new": train.get("new_lr_scale", 1.0)}
     transforms = {
         f"{group}_{kind}": _group_optimizer(train, scales[group], train.weight_decay if kind == "decay" else 0.0)
         for group in scales for kind in ("decay", "no_decay")

@@ -116,7 +116,7 @@ class Trainer:
         self.mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
         self.model = build_model(config.model, num_classes)
         self.pretrained = pretrained_backbones(config.model)
-        self.tx = make_optimizer(config.train, self.pretrained, frozen_bn=config.model.frozen_backbone_bn)
+        self.tx = make_optimizer(config.train, self.pretrained, frozen_bn=config.model.get("frozen_backbone_bn", False))
         self.replicated = NamedSharding(self.mesh, P())
         self.data_sharding = NamedSharding(self.mesh, P("data"))
         crop = config.data.crop_size
@@ -149,6 +149,7 @@ class Trainer:
         resnet = pretrained.load_resnet(model_cfg.backbone_init, model_cfg.depth, model_cfg.width,
                                         verify=model_cfg.verify_backbone_init)
         params, batch_stats = pretrained.initialise_backbones(state.params, state.batch_stats, resnet, self.pretrained)
+
         def to_global(leaf, sharding):  # every host read the same file: each supplies its own shards
             if isinstance(leaf, np.ndarray):
                 return jax.make_array_from_callback(leaf.shape, sharding, lambda index: leaf[index])

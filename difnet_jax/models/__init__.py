@@ -19,12 +19,15 @@ BRANCHES = {"both": DifNet.backbones, "seed": ("seed_backbone",), "similarity": 
 
 
 def pretrained_backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The backbone modules `model.backbone_init` initialises; () when training from scratch."""
-    if not model.backbone_init:
+    """The backbone modules `model.backbone_init` initialises; () when training from scratch.
+
+    (`.get`: a config.json written before these keys existed means "from scratch".)
+    """
+    if not model.get("backbone_init", ""):
         return ()
     if model.name == "simdeeplab":
         return SimDeepLab.backbones
-    return BRANCHES[model.backbone_init_branches]
+    return BRANCHES[model.get("backbone_init_branches", "both")]
 
 
 def build_model(model: ml_collections.ConfigDict, num_classes: int):
@@ -32,7 +35,7 @@ def build_model(model: ml_collections.ConfigDict, num_classes: int):
     if model.dtype not in DTYPES:
         raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}, got {model.dtype!r}")
     rates = tuple(model.aspp_rates)
-    frozen = pretrained_backbones(model) if model.frozen_backbone_bn else ()
+    frozen = pretrained_backbones(model) if model.get("frozen_backbone_bn", False) else ()
     if model.name == "difnet":
         return DifNet(
             num_classes, depth=model.depth, width=model.width, aspp=model.aspp, aspp_rates=rates,
