@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import resource
 import sys
 import time
 
@@ -26,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from difnet_jax import diffusion
+from benchmarks import report
+from difnet_jax import diffusion, timing
 
 try:
     import torch
@@ -91,10 +91,7 @@ def compiled_cascade(backend: str, batch: int, n: int, block_size: int):
     shape = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.float32)
     compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3))).lower(
         shape(batch, n, CLASSES), [shape(batch, n, CHANNELS)] * WALKS, shape(WALKS), shape(WALKS)).compile()
-    memory = compiled.memory_analysis()
-    peak = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes)
-    return compiled, peak
+    return compiled, report.peak_bytes(compiled)
 
 
 def torch_cascade(batch: int, n: int):
@@ -214,20 +211,10 @@ def crossover_rows(timer: Timer, matmul: float, times: dict, peaks: dict) -> lis
     return rows
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def main(argv):
     del argv
     start = time.perf_counter()
     load = os.getloadavg()
-    device = jax.devices()[0]
-    device_name = f"{_cpu_name()}, {os.cpu_count()} cores" if device.platform == "cpu" else device.device_kind
     matmul = matmul_flops_per_second()
     timer = Timer()
     rows, times, peaks = [], {}, {}
@@ -243,14 +230,13 @@ def main(argv):
                 rows.append(measure_torch(batch, n, timer, matmul, times))
                 print(rows[-1], flush=True)
     crossover = crossover_rows(timer, matmul, times, peaks) if _CROSSOVER_NS.value else []
-    elapsed = time.perf_counter() - start
 
     header = ("| N | B | backend | fwd+bwd (ms) | peak memory | GFLOP/s | of matmul |\n"
               "| --- | --- | --- | --- | --- | --- | --- |")
     command = " ".join(["python -m benchmarks.cascade", *sys.argv[1:]])
     section = [
-        f"## Diffusion cascade backends ({datetime.date.today()}, {platform.node()}, {device_name}, "
-        f"jax {jax.__version__}{f', torch {torch.__version__}' if torch is not None else ''})",
+        f"## Diffusion cascade backends ({datetime.date.today()}, {platform.node()}, {timing.device_description()}"
+        f"{f', torch {torch.__version__}' if torch is not None else ''})",
         "",
         f"Command: `{command}`",
         "",
@@ -263,9 +249,7 @@ def main(argv):
         f"against this device's dense float32 4096^2 matmul: {matmul / 1e9:.1f} GFLOP/s. "
         f"{f'PyTorch: {torch.get_num_threads()} threads. ' if with_torch else ''}"
         f"{'PyTorch rows skipped: torch is not importable. ' if _TORCH.value and torch is None else ''}"
-        f"Load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (shared machine: timings are noisy). "
-        f"Script wall time {elapsed:.0f} s, process peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB.",
+        f"{report.conditions(start, load)}",
         "",
         header,
         *rows,
@@ -275,12 +259,7 @@ def main(argv):
     if crossover:
         section += ["", "Dense vs chunked at small N (B = 1), for the `auto` backend's crossover "
                     f"(diffusion.AUTO_DENSE_MAX_NODES = {diffusion.AUTO_DENSE_MAX_NODES}):", "", header, *crossover]
-    text = "\n".join(section) + "\n"
-    print("\n" + text)
-    new = not os.path.exists(_OUTPUT.value)
-    with open(_OUTPUT.value, "a") as f:
-        f.write(("# Benchmarks\n" if new else "") + "\n" + text)
-
+    report.append_section(_OUTPUT.value, "\n".join(section) + "\n")
 
 if __name__ == "__main__":
     app.run(main)

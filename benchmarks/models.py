@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report
 from difnet_jax import mechanism, timing, train
 from experiments.configs.voc import get_config
 
@@ -70,17 +70,6 @@ def _flops(compiled) -> float | None:
         cost = cost[0] if cost else None
     flops = (cost or {}).get("flops")
     return float(flops) if flops and flops > 0 else None
-
-
-def _peak_bytes(compiled) -> int | None:
-    try:
-        memory = compiled.memory_analysis()
-    except Exception:
-        return None
-    if memory is None:
-        return None
-    return (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes)
 
 
 def compile_timed(jitted, *args):
@@ -160,7 +149,7 @@ def measure(variant: str, dtype: str, budget: Budget) -> tuple[dict, dict]:
 
         seconds, note, runs = budget.run(step, dtype, flops)
         train_row.update(compile_s=compile_s, seconds=seconds, note=note, runs=runs, flops=flops,
-                         peak=_peak_bytes(compiled))
+                         peak=report.peak_bytes(compiled))
         print(f"train {label} {dtype}: compile {compile_s:.1f} s, step {_fmt_seconds(seconds)} {note}", flush=True)
 
     eval_row = dict(base, size=_EVAL_SIZE.value)
@@ -173,7 +162,7 @@ def measure(variant: str, dtype: str, budget: Budget) -> tuple[dict, dict]:
         flops = _flops(compiled)
         seconds, note, runs = budget.run(lambda: compiled(variables, images), dtype, flops)
         eval_row.update(compile_s=compile_s, seconds=seconds, note=note, runs=runs, flops=flops,
-                        peak=_peak_bytes(compiled))
+                        peak=report.peak_bytes(compiled))
         print(f"eval {label} {dtype}: compile {compile_s:.1f} s, latency {_fmt_seconds(seconds)} {note}", flush=True)
     return train_row, eval_row
 
@@ -230,7 +219,6 @@ def main(argv):
                 train_rows.append(train_row)
             if not _SKIP_EVAL.value:
                 eval_rows.append(eval_row)
-    elapsed = time.perf_counter() - start
 
     paper = mechanism.PAPER_TIMES
     command = " ".join(["python -m benchmarks.models", *sys.argv[1:]])
@@ -240,9 +228,7 @@ def main(argv):
         "",
         f"Command: `{command}`",
         "",
-        f"Load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (shared machine: timings are noisy). "
-        f"Script wall time {elapsed:.0f} s, process peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB. Models from "
+        f"{report.conditions(start, load)} Models from "
         f"experiments/configs/voc.py ({NUM_CLASSES} classes, width 64, diffusion backend `auto`), random init; "
         "parameters float32, compute in the dtype shown. Compile: lower + compile of the jitted function, apart "
         f"from the timings; time: median of the runs shown after warm-up (budget {_MAX_SECONDS.value:g} s of timed "
@@ -261,12 +247,7 @@ def main(argv):
                     f"{1e3 * paper['seed']:.0f} + similarity {1e3 * paper['similarity']:.0f} + diffusion "
                     f"{1e3 * paper['diffusion']:.0f} ms), Sim-DeepLab-101 {1e3 * paper['simdeeplab']:.0f} ms.", "",
                     *eval_table(eval_rows), "", *ratios(eval_rows, "inference")]
-    text = "\n".join(section).rstrip() + "\n"
-    print("\n" + text)
-    new = not os.path.exists(_OUTPUT.value)
-    with open(_OUTPUT.value, "a") as f:
-        f.write(("# Benchmarks\n" if new else "") + "\n" + text)
-
+    report.append_section(_OUTPUT.value, "\n".join(section).rstrip() + "\n")
 
 if __name__ == "__main__":
     app.run(main)
