@@ -7,22 +7,13 @@ import os
 import ml_collections
 
 from difnet_jax import diffusion, optimizer, weight_files
+from difnet_jax.config_errors import ConfigError, positive_int, require  # noqa: F401  (ConfigError re-exported)
 from difnet_jax.models import BRANCHES, DTYPES, MODEL_NAMES
 from difnet_jax.models.difnet import ALL_WALKS
 from difnet_jax.models.resnet import STAGE_SIZES
 
-
-class ConfigError(ValueError):
-    """A config key holds a value the project cannot run with."""
-
-
-def _require(ok: bool, key: str, value, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{key}={value!r} is invalid: expected {expected}")
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+_require = require
+_positive_int = positive_int
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

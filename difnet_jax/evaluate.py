@@ -28,12 +28,12 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import crf, mechanism, metrics, restore, timing
+from difnet_jax.constants import OUTPUT_STRIDE
 from difnet_jax.data import pipeline
 from difnet_jax.models.resize import resize_bilinear
 
 log = logging.getLogger(__name__)
 
-OUTPUT_STRIDE = 8
 
 
 def network_size(size: int) -> int:

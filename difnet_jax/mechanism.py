@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from difnet_jax import crf, diffusion, timing, visualize
+from difnet_jax.constants import OUTPUT_STRIDE
 from difnet_jax.data import pipeline
 from difnet_jax.models import DifNet, SimDeepLab
 from difnet_jax.models.aspp import ASPP, class_conv
@@ -37,7 +38,6 @@ from difnet_jax.models.resnet import ResNet
 log = logging.getLogger(__name__)
 
 TAP_NAMES = {1: "image", 2: "layer1", 3: "layer2", 4: "layer3", 5: "layer4"}
-OUTPUT_STRIDE = 8
 # Table 3 of the paper: DifNet-50 on Pascal VOC.
 PAPER_MU_BETA = ((0.4159, 0.4159), (0.4193, 0.4825), (0.4077, 0.5104), (0.6520, 0.6570), (0.8956, 0.8451))
 # Table 4 of the paper: seconds at 505x505 on a GTX 1080 (DifNet-50 branches, Sim-DeepLab-101).

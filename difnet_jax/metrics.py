@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = 255
+from difnet_jax.constants import IGNORE_LABEL
 
 
 def confusion_matrix(labels: jax.Array, predictions: jax.Array, num_classes: int,

@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from difnet_jax import checkpointing, losses, metrics, pretrained
 from difnet_jax.checkpointing import checkpoint_manager
+from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import pipeline
 from difnet_jax.models import build_model, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
@@ -81,7 +82,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    valid = batch["label"] != losses.IGNORE_LABEL
+    valid = batch["label"] != IGNORE_LABEL
     correct = (logits.argmax(-1) == batch["label"]) & valid
     step_metrics = {
         "loss": loss,

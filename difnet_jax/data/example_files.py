@@ -23,11 +23,11 @@ import scipy.io
 from etils import epath
 from PIL import Image
 
+from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data.synthetic_shapes import png_bytes
 
 log = logging.getLogger(__name__)
 
-IGNORE_LABEL = 255
 SKIP_ENV = "DIFNET_SKIP_BAD_EXAMPLES"
 
 

@@ -18,10 +18,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import difnet_jax.data  # noqa: F401  (registers the builders)
-
-IGNORE_LABEL = 255
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+from difnet_jax.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 
 
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -18,11 +18,12 @@ import colorsys
 
 import numpy as np
 
+from difnet_jax.constants import IGNORE_LABEL
+
 SHAPES = ("disk", "bar", "triangle", "ring", "cross")
 MATERIALS = ("warm", "warm-striped", "cool", "cool-striped")
 CLASS_NAMES = ("background",) + tuple(f"{m}-{s}" for s in SHAPES for m in MATERIALS)
 NUM_CLASSES = len(CLASS_NAMES)  # 21, as Pascal VOC
-IGNORE_LABEL = 255
 _SPLIT_IDS = {"train": 0, "validation": 1}
 
 

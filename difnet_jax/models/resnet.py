@@ -1,7 +1,9 @@
-"""Atrous ResNets (He et al. 2016) in the DeepLabV2 layout: output stride 8.
+"""Atrous ResNets (He et al. 2016) in the DeepLabV2 layout: output stride 8 (or 16).
 
-layer3 and layer4 keep stride 1 and dilate their 3x3 convolutions by 2 and 4
-(DeepLabV2, Chen et al. 2017), so a 321x321 crop gives a 41x41 feature grid.
+At output stride 8, layer3 and layer4 keep stride 1 and dilate their 3x3 convolutions
+by 2 and 4 (DeepLabV2, Chen et al. 2017), so a 321x321 crop gives a 41x41 feature grid.
+At output stride 16 (DeepLabv3+'s training setting) layer3 strides 2 and layer4 dilates
+by 2. The same parameters serve both strides, so a network trained at 16 evaluates at 8.
 Paddings follow torchvision exactly (conv1 pad 3, max-pool pad 1, 3x3 pad =
 dilation), so torchvision weights map one-to-one and the parameter counts equal
 torchvision's ResNets without the fc layer.
@@ -9,7 +11,9 @@ torchvision's ResNets without the fc layer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -17,8 +21,11 @@ import jax.numpy as jnp
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK_DEPTHS = (50, 101)
-# (stride, dilation) of layer1..layer4 at output stride 8.
-STAGE_STRIDE_DILATION = ((1, 1), (2, 1), (1, 2), (1, 4))
+# (stride, dilation) of layer1..layer4 at each output stride.
+STAGE_STRIDE_DILATION = {
+    8: ((1, 1), (2, 1), (1, 2), (1, 4)),
+    16: ((1, 1), (2, 1), (2, 1), (1, 2)),
+}
 
 
 def _conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, dtype: Any, name: str):
@@ -86,6 +93,11 @@ class ResNet(nn.Module):
     widths give the quick CPU variants used by the synthetic configs. `frozen_bn`
     normalises with the running statistics in training too and leaves them as they
     are (fine-tuning ImageNet weights with small per-device batches).
+
+    `after_block` maps a block name (`layer4_1` is layer4's second block, the paper's
+    "5b") to a callable `(features, *, train) -> features` applied right after that
+    block: the seam through which PDN inserts its diffusion module into the backbone.
+    A module passed here belongs to the module that built it (its parameters live there).
     """
 
     depth: int
@@ -93,11 +105,20 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     frozen_bn: bool = False
+    output_stride: int = 8
+    after_block: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
 
     @nn.compact
     def __call__(self, x, *, train: bool) -> dict[str, jnp.ndarray]:
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
+        if self.output_stride not in STAGE_STRIDE_DILATION:
+            raise ValueError(f"ResNet output_stride must be one of {sorted(STAGE_STRIDE_DILATION)}, "
+                             f"got {self.output_stride}")
+        unknown = set(self.after_block) - {
+            f"layer{stage + 1}_{i}" for stage, n in enumerate(STAGE_SIZES[self.depth]) for i in range(n)}
+        if unknown:
+            raise ValueError(f"after_block names blocks ResNet-{self.depth} does not have: {sorted(unknown)}")
         block = Bottleneck if self.depth in BOTTLENECK_DEPTHS else BasicBlock
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
@@ -111,7 +132,7 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         in_channels = self.width
         for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
-            stride, dilation = STAGE_STRIDE_DILATION[stage]
+            stride, dilation = STAGE_STRIDE_DILATION[self.output_stride][stage]
             channels = self.width * 2**stage
             for i in range(num_blocks):
                 first = i == 0
@@ -124,6 +145,8 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{i}",
                 )(x)
+                if f"layer{stage + 1}_{i}" in self.after_block:
+                    x = self.after_block[f"layer{stage + 1}_{i}"](x, train=train)
                 in_channels = channels * block.expansion
             features[f"layer{stage + 1}"] = x
         return features

@@ -1,0 +1,52 @@
+"""What the rest of the code needs to know about a model family, as one explicit record.
+
+A family (DifNet, Sim-DeepLab, PDN, DeepLabv3+) is a `Family` entry in the table
+`difnet_jax.models.FAMILIES` (a dict literal: no registration decorators, no import by
+string). Training, evaluation, pretrained initialisation and config checks read the entry
+and never branch on `config.model.name`.
+
+Conventions every family's module keeps:
+- `module.apply(variables, images, train=...)` returns `(logits, intermediates)`: logits
+  (B, H, W, K) float32 at the input size, intermediates a dict of named arrays.
+- `config.model` holds the keys every family shares (name, depth, width, dtype, aspp_rates
+  and the pretrained-backbone keys); a family's own keys live in `config.model.<name>`
+  (e.g. `config.model.difnet.walks`), with defaults from `Family.defaults()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+Outputs = tuple[jax.Array, Mapping[str, Any]]  # (logits, intermediates)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    build: (config.model, num_classes) -> the Linen module.
+    loss: (outputs, batch, config.model) -> (total, {term: scalar}); every term is logged
+        (metrics.jsonl), `total` is what the optimiser minimises. batch has 'image' and
+        'label' (B, H, W) with IGNORE_LABEL on void pixels.
+    backbones: config.model -> names of the module's ResNet submodules that
+        `model.backbone_init` initialises (pretrained weights, lr groups, frozen BN).
+    check: config.model -> None; raises `ConfigError` naming `config.model.<key>` at fault
+        for the family's own keys (shared keys are checked once, elsewhere).
+    defaults: () -> the family's own sub-dict `config.model.<name>` with its defaults.
+    extra_predictions: intermediates -> {head: logits (B, h, w, K)}: named predictions
+        evaluated beside the final output (PDN's diffusion layers); {} for most families.
+    """
+
+    build: Callable[[ml_collections.ConfigDict, int], nn.Module]
+    loss: Callable[[Outputs, Mapping[str, jax.Array], ml_collections.ConfigDict],
+                   tuple[jax.Array, dict[str, jax.Array]]]
+    backbones: Callable[[ml_collections.ConfigDict], tuple[str, ...]]
+    check: Callable[[ml_collections.ConfigDict], None]
+    defaults: Callable[[], ml_collections.ConfigDict]
+    extra_predictions: Callable[[Mapping[str, Any]], dict[str, jax.Array]] = lambda intermediates: {}
