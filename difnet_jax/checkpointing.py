@@ -21,11 +21,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from difnet_jax import config_compat
+
 log = logging.getLogger(__name__)
 
 # Keys that say where things are or how they are computed, not what is trained: they may change on resume.
 # (backbone_init only seeds a fresh run: a resumed run reads its weights from the checkpoint.)
-RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "model.diffusion_backend",
+RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "data.eval_mode", "data.eval_stride",
+                     "data.eval_size", "model.difnet.diffusion_backend",
                      "model.backbone_init", "model.verify_backbone_init")
 
 
@@ -79,7 +82,8 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = _flatten({k: v for k, v in json.load(f).items() if k in ("model", "data")})
+        saved = config_compat.upgrade_saved(json.load(f))
+    saved = _flatten({k: v for k, v in saved.items() if k in ("model", "data")})
     current = _flatten({k: v for k, v in json.loads(config.to_json_best_effort()).items() if k in ("model", "data")})
     for key in sorted(current.keys() - saved.keys()):
         log.warning("%s/config.json has no %s (a newer key); resuming with %r.", workdir, key, current[key])

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 
 import difnet_jax.data  # noqa: F401  (registers the builders)
-from difnet_jax import train
+from difnet_jax import config_compat, train
 from difnet_jax.config_checks import check_config
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: pass --config, or a workdir written by experiments.voc")
     with open(path) as f:
-        saved = json.load(f)
+        saved = config_compat.upgrade_saved(json.load(f))
     if defaults is not None:
         saved = _fill_missing(saved, defaults.to_dict())
     return ml_collections.ConfigDict(saved)

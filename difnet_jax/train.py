@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -30,15 +31,18 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing, losses, metrics, pretrained
+from difnet_jax import checkpointing, metrics, pretrained
 from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import pipeline
-from difnet_jax.models import build_model, pretrained_backbones
+from difnet_jax.models import family_of, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
 from difnet_jax.preemption import StopRequests
 
 log = logging.getLogger(__name__)
+
+
+LossFn = Callable[[Any, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 class TrainState(struct.PyTreeNode):
@@ -60,24 +64,30 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     )
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, loss_fn: LossFn,
                tx: optax.GradientTransformation, skip_nonfinite: bool = False,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on the cross-entropy of the final (upsampled) output.
+    """One optimizer step on the model family's loss (`Family.loss`: its total and named terms).
 
-    `metrics['nonfinite']` is 1 when the loss or the gradient is not finite; with
-    `skip_nonfinite` such a step leaves params, BN statistics and optimizer state as
-    they were (the step counter still advances, staying in line with the data).
+    The model gets a per-step rng, `fold_in(state.rng, step)`, as its 'dropout' stream (no
+    current family draws from it; one that does gets a different key every step, the same
+    on every device and after a resume). `metrics['nonfinite']` is 1 when the loss or the
+    gradient is not finite; with `skip_nonfinite` such a step leaves params, BN statistics
+    and optimizer state as they were (the step counter still advances, staying in line with
+    the data). Metrics: 'loss' (the total), 'loss/<term>' for every term, pixel accuracy of
+    the final output, gradient and parameter norms.
     """
+    step_rng = jax.random.fold_in(state.rng, state.step)
 
-    def loss_fn(params):
-        (logits, _), updates = model.apply(
+    def objective(params):
+        outputs, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-            mutable=["batch_stats"],
+            mutable=["batch_stats"], rngs={"dropout": step_rng},
         )
-        return losses.cross_entropy(logits, batch["label"]), (updates["batch_stats"], logits)
+        total, terms = loss_fn(outputs, batch)
+        return total, (updates["batch_stats"], outputs[0], terms)
 
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, logits, terms)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -86,6 +96,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     correct = (logits.argmax(-1) == batch["label"]) & valid
     step_metrics = {
         "loss": loss,
+        **{f"loss/{name}": value for name, value in terms.items()},
         "pixel_accuracy": correct.sum() / jnp.maximum(valid.sum(), 1),
         "grad_norm": grad_norm,
         "param_norm": optax.global_norm(params),
@@ -115,7 +126,8 @@ class Trainer:
         self.config = config
         self.num_classes = num_classes
         self.mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
-        self.model = build_model(config.model, num_classes)
+        self.family = family_of(config.model)
+        self.model = self.family.build(config.model, num_classes)
         self.pretrained = pretrained_backbones(config.model)
         self.tx = make_optimizer(config.train, self.pretrained, frozen_bn=config.model.get("frozen_backbone_bn", False))
         self.replicated = NamedSharding(self.mesh, P())
@@ -130,7 +142,8 @@ class Trainer:
         )
         self.init = jax.jit(init, out_shardings=self.state_sharding)
         self.train_step = jax.jit(
-            functools.partial(train_step, model=self.model, tx=self.tx, skip_nonfinite=config.train.skip_nonfinite),
+            functools.partial(train_step, model=self.model, tx=self.tx, skip_nonfinite=config.train.skip_nonfinite,
+                              loss_fn=lambda outputs, batch: self.family.loss(outputs, batch, config.model)),
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,

@@ -12,11 +12,12 @@ WORKDIR/eval_<split>_step<N>[_ms][_flip][_crf].{json,md} (and _predictions.npz w
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import crf
+from difnet_jax import config_compat, crf
 from difnet_jax.evaluate import evaluate_workdir, report_markdown
 from experiments.run_config import run_config
 
@@ -56,4 +57,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
     app.run(main)

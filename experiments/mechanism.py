@@ -10,11 +10,12 @@ chosen per image, deep inside regions of different ground-truth classes.
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import crf, restore
+from difnet_jax import config_compat, crf, restore
 from difnet_jax.mechanism import run_study
 from experiments.run_config import run_config
 
@@ -65,4 +66,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
     app.run(main)

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import predict, restore
+from difnet_jax import config_compat, predict, restore
 from difnet_jax.evaluate import model_probabilities
 from experiments.run_config import run_config
 
@@ -62,4 +62,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
     app.run(main)

@@ -9,12 +9,13 @@ other clusters JAX detects by itself) or with --coordinator_address/--num_proces
 from __future__ import annotations
 
 import logging
+import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import train
+from difnet_jax import config_compat, train
 from difnet_jax.config_checks import check_config
 
 log = logging.getLogger(__name__)
@@ -47,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
     app.run(main)

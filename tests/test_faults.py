@@ -146,10 +146,11 @@ def test_resume_with_another_model_is_refused(finished_run):
     config, workdir = finished_run
     changed = tiny_config(config.data.data_dir)
     changed.train.num_steps = 8
-    changed.model.walks = (1, 3, 5)
+    changed.model.difnet.walks = (1, 3, 5)
     changed.data.crop_size = 41
     changed.data.data_dir = "/elsewhere"  # a new location alone would be fine
-    with pytest.raises(ValueError, match=r"data.crop_size: 33 -> 41, model.walks: \[1, 2, 3, 4, 5\] -> \[1, 3, 5\]\)"):
+    expected = r"data.crop_size: 33 -> 41, model.difnet.walks: \[1, 2, 3, 4, 5\] -> \[1, 3, 5\]\)"
+    with pytest.raises(ValueError, match=expected):
         train.train_and_evaluate(changed, str(workdir))
 
 

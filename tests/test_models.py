@@ -24,13 +24,13 @@ def test_every_variant_has_the_right_output_shapes(variant):
     assert logits.shape == (2, 65, 65, K)
     assert inter["score_map"].shape == (2, 9, 9, K)
     if config.model.name == "difnet":
-        walks = len(config.model.walks)
+        walks = len(config.model.difnet.walks)
         assert inter["importance"].shape == (2, 9, 9, 1)
         assert inter["seed"].shape == (2, 9, 9, K)
         assert len(inter["walks"]) == walks and all(w.shape == (2, 9, 9, K) for w in inter["walks"])
         assert inter["mu"].shape == inter["beta"].shape == (walks,)
-        assert ("aspp" in variables["params"]) == config.model.aspp
-        assert {f"psi{w}" for w in config.model.walks} <= set(variables["params"])
+        assert ("aspp" in variables["params"]) == config.model.difnet.aspp
+        assert {f"psi{w}" for w in config.model.difnet.walks} <= set(variables["params"])
 
 
 def test_difnet_forward_is_the_documented_composition():

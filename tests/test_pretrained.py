@@ -154,7 +154,7 @@ def test_difnet_branch_starts_from_the_weights_and_frozen_bn_stays(tiny_data_dir
     weights = str(tmp_path / "resnet18.npz")
     convert(_fixture(18), weights)
     config = _pretrained_config(tiny_data_dir, weights)
-    config.model.backbone_init_branches = "seed"
+    config.model.difnet.backbone_init_branches = "seed"
     config.model.frozen_backbone_bn = True
     check_config(config)
     trainer = Trainer(config, num_classes=21)

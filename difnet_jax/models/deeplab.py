@@ -11,7 +11,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
+from difnet_jax.constants import COMPUTE_DTYPES
+from difnet_jax.models import family
 from difnet_jax.models.aspp import ASPP
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import ResNet
@@ -34,3 +37,26 @@ class SimDeepLab(nn.Module):
         score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
         logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
         return logits, {"score_map": score_map}
+
+
+# The family's entry points (difnet_jax.models.FAMILIES["simdeeplab"]): no keys of its own.
+
+
+def defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict()
+
+
+def check(model: ml_collections.ConfigDict) -> None:
+    del model
+
+
+def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    del model
+    return SimDeepLab.backbones
+
+
+def build(model: ml_collections.ConfigDict, num_classes: int) -> SimDeepLab:
+    return SimDeepLab(
+        num_classes, depth=model.depth, width=model.width, aspp_rates=tuple(model.aspp_rates),
+        dtype=COMPUTE_DTYPES[model.dtype], frozen_bn=bool(family.frozen_bn_backbones(model, SimDeepLab.backbones)),
+    )

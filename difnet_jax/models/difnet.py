@@ -20,9 +20,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from difnet_jax import diffusion
+from difnet_jax.config_errors import positive_int, require
+from difnet_jax.constants import COMPUTE_DTYPES
+from difnet_jax.models import family
 from difnet_jax.models.aspp import ASPP, class_conv
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import ResNet
@@ -154,3 +158,46 @@ class DifNet(nn.Module):
             "mu": nn.sigmoid(mu_logits),
             "beta": nn.sigmoid(beta_logits),
         }
+
+
+# The family's entry points (difnet_jax.models.FAMILIES["difnet"]).
+
+# model.difnet.backbone_init_branches -> the backbones ImageNet weights initialise.
+BRANCHES = {"both": DifNet.backbones, "seed": ("seed_backbone",), "similarity": ("similarity_backbone",)}
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """config.model.difnet: DifNet's own keys, the paper's values."""
+    config = ml_collections.ConfigDict()
+    config.aspp = True  # False: one 3x3 conv instead of ASPP ("noASPP")
+    config.walks = ALL_WALKS  # which taps get a random walk: 1 the image, 2..5 layer1..4
+    config.psi_channels = 64
+    config.diffusion_backend = "auto"  # dense | chunked | fused | auto (fastest that fits; README)
+    config.backbone_init_branches = "both"  # both | seed | similarity: the backbones backbone_init initialises
+    return config
+
+
+def check(model: ml_collections.ConfigDict) -> None:
+    own = model.difnet
+    walks = tuple(own.walks)
+    require(bool(walks) and all(w in ALL_WALKS for w in walks) and len(set(walks)) == len(walks),
+            "model.difnet.walks", walks, f"distinct values from {ALL_WALKS}")
+    require(isinstance(own.aspp, bool), "model.difnet.aspp", own.aspp, "True or False")
+    require(positive_int(own.psi_channels), "model.difnet.psi_channels", own.psi_channels, "a positive integer")
+    require(own.diffusion_backend in diffusion.BACKENDS, "model.difnet.diffusion_backend", own.diffusion_backend,
+            f"one of {diffusion.BACKENDS}")
+    require(own.backbone_init_branches in BRANCHES, "model.difnet.backbone_init_branches",
+            own.backbone_init_branches, f"one of {tuple(BRANCHES)}")
+
+
+def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return BRANCHES[model.difnet.backbone_init_branches]
+
+
+def build(model: ml_collections.ConfigDict, num_classes: int) -> DifNet:
+    own = model.difnet
+    return DifNet(
+        num_classes, depth=model.depth, width=model.width, aspp=own.aspp, aspp_rates=tuple(model.aspp_rates),
+        walks=tuple(own.walks), psi_channels=own.psi_channels, diffusion_backend=own.diffusion_backend,
+        dtype=COMPUTE_DTYPES[model.dtype], frozen_bn_backbones=family.frozen_bn_backbones(model, backbones(model)),
+    )

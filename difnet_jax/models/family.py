@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 
+from difnet_jax import losses
+
 Outputs = tuple[jax.Array, Mapping[str, Any]]  # (logits, intermediates)
 
 
@@ -50,3 +52,21 @@ class Family:
     check: Callable[[ml_collections.ConfigDict], None]
     defaults: Callable[[], ml_collections.ConfigDict]
     extra_predictions: Callable[[Mapping[str, Any]], dict[str, jax.Array]] = lambda intermediates: {}
+
+
+def initialised_backbones(model: ml_collections.ConfigDict, backbones: tuple[str, ...]) -> tuple[str, ...]:
+    """`backbones` when `model.backbone_init` names weights to start from, else () (from scratch)."""
+    return tuple(backbones) if model.get("backbone_init", "") else ()
+
+
+def frozen_bn_backbones(model: ml_collections.ConfigDict, backbones: tuple[str, ...]) -> tuple[str, ...]:
+    """The initialised backbones whose BatchNorm `model.frozen_backbone_bn` freezes."""
+    return initialised_backbones(model, backbones) if model.get("frozen_backbone_bn", False) else ()
+
+
+def segmentation_loss(outputs: Outputs, batch: Mapping[str, jax.Array],
+                      model: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Cross-entropy of the final logits (ignore label 255): DifNet's and Sim-DeepLab's only loss."""
+    del model
+    ce = losses.cross_entropy(outputs[0], batch["label"])
+    return ce, {"ce": ce}

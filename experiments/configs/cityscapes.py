@@ -1,0 +1,21 @@
+"""Cityscapes fine (`cityscapes`: 2,975 train / 500 validation, 19 train ids, the rest ignored).
+
+`--config=experiments/configs/cityscapes.py:VARIANT[,synthetic][,imagenet]`; Dilated
+Affinity's second dataset (77.15 -> 78.70). Images are 2048x1024: crop 769 and batch 12
+(the paper's), evaluation by sliding 769x769 windows with stride 513 (probabilities averaged
+where they overlap); 200 epochs from scratch, 30 under `imagenet`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import common
+
+CITYSCAPES_TRAIN_IMAGES = 2_975
+DATASET = common.Dataset(name="cityscapes", train_images=CITYSCAPES_TRAIN_IMAGES, crop_size=769, eval_size=1025,
+                         eval_mode="sliding", eval_stride=513, batch_size=12, eval_batch_size=2)
+
+
+def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
+    return common.get_config(arg, DATASET)
