@@ -35,6 +35,7 @@ from difnet_jax import checkpointing, metrics, pretrained
 from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import pipeline
+from difnet_jax.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
 from difnet_jax.models import family_of, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
 from difnet_jax.preemption import StopRequests
@@ -113,12 +114,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return new_state, step_metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, num_classes: int) -> jax.Array:
-    """Confusion matrix (K, K) of one batch at the model's eval mode."""
-    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
-    return metrics.confusion_matrix(batch["label"], logits.argmax(-1), num_classes)
-
-
 class Trainer:
     """The compiled pieces of a run on a mesh: init, train step, eval step."""
 
@@ -148,11 +143,8 @@ class Trainer:
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
         )
-        self.eval_step = jax.jit(
-            functools.partial(eval_step, model=self.model, num_classes=num_classes),
-            in_shardings=(self.state_sharding, self.data_sharding),
-            out_shardings=self.replicated,
-        )
+        self.evaluator = Evaluator(self.model, self.family, num_classes, EvalOptions.from_config(config.data),
+                                   data_sharding=self.data_sharding)
 
     def initial_state(self, rng: jax.Array) -> TrainState:
         """A fresh state; backbones listed by `model.backbone_init_branches` start from `model.backbone_init`."""
@@ -181,15 +173,10 @@ class Trainer:
             for key, value in local_batch.items()
         }
 
-    def evaluate(self, state: TrainState, data_source, *, batch_size: int, eval_size: int) -> np.ndarray:
-        """Summed confusion matrix over a whole split."""
-        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
-        per_host = batch_size // jax.process_count()
-        offset = jax.process_index() * per_host
-        for batch in pipeline.eval_batches(data_source, batch_size=batch_size, eval_size=eval_size):
-            local = {key: value[offset : offset + per_host] for key, value in batch.items()}  # this host's share
-            confusion += np.asarray(self.eval_step(state, self.global_batch(local)))
-        return confusion
+    def evaluate(self, state: TrainState, data_source, *, batch_size: int) -> EvalResult:
+        """The evaluator's confusion matrices (final output and extra heads) over a whole split."""
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return self.evaluator.evaluate(variables, data_source, batch_size=batch_size, log_progress=False)
 
 
 class MetricsLog:
@@ -294,13 +281,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def evaluate(step: int) -> dict[str, Any]:
         start = time.perf_counter()
-        confusion = trainer.evaluate(state, val_source, batch_size=train_cfg.eval_batch_size, eval_size=data.eval_size)
-        summary = metrics.summarize(confusion, class_names)
+        result = trainer.evaluate(state, val_source, batch_size=train_cfg.eval_batch_size)
+        summary = metrics.summarize(result.confusion, class_names)
+        heads = head_mious(result)
         record = {"step": step, "val/miou": summary["miou"], "val/pixel_accuracy": summary["pixel_accuracy"],
-                  "val/iou": summary["iou"]}
+                  "val/iou": summary["iou"], **{f"val/miou_{name}": value for name, value in heads.items()}}
         metrics_log.write(record)
-        log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)", step, summary["miou"],
-                 summary["pixel_accuracy"], len(val_source), time.perf_counter() - start)
+        log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)%s", step, summary["miou"],
+                 summary["pixel_accuracy"], len(val_source), time.perf_counter() - start,
+                 "".join(f"; {name} {value:.4f}" for name, value in heads.items()))
         return record
 
     metrics_log = MetricsLog(workdir)

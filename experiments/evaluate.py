@@ -3,9 +3,10 @@
   python -m experiments.evaluate --workdir=runs/difnet18_synthetic
   python -m experiments.evaluate --workdir=runs/difnet18_synthetic --scales=0.5,0.75,1.0,1.25,1.5,1.75 --flip
   python -m experiments.evaluate --workdir=runs/simdeeplab18_synthetic --crf
+  python -m experiments.evaluate --workdir=runs/city50 --mode=sliding --stride=513
 
 The run's config comes from WORKDIR/config.json unless --config is given. Writes
-WORKDIR/eval_<split>_step<N>[_ms][_flip][_crf].{json,md} (and _predictions.npz with
+WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf].{json,md} (and _predictions.npz with
 --save_predictions) and prints the Markdown report.
 """
 
@@ -18,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from difnet_jax import config_compat, crf
+from difnet_jax.constants import EVAL_MODES
 from difnet_jax.evaluate import evaluate_workdir, report_markdown
 from experiments.run_config import run_config
 
@@ -28,6 +30,10 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate; default config.data.eval_split.")
 _SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose softmax probabilities are averaged.")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average over horizontally flipped inputs.")
+_MODE = flags.DEFINE_enum("mode", None, list(EVAL_MODES),
+                          "Canvas: pad (every image to data.eval_size), whole (each batch to its largest image) or "
+                          "sliding (crop-sized windows over it); default config.data.eval_mode.")
+_STRIDE = flags.DEFINE_integer("stride", None, "Pixels between sliding windows; default config.data.eval_stride.")
 _CRF = flags.DEFINE_bool("crf", False, "Dense-CRF post-processing (Sim-DeepLab + CRF of Table 1).")
 _CRF_ITERATIONS = flags.DEFINE_integer("crf_iterations", 10, "Mean-field iterations of the dense CRF.")
 _CRF_MAX_SENDERS = flags.DEFINE_integer("crf_max_senders", 4096,
@@ -49,7 +55,8 @@ def main(argv):
         else None
     report, paths = evaluate_workdir(
         _WORKDIR.value, config=config, step=_STEP.value, split=_SPLIT.value,
-        scales=[float(s) for s in _SCALES.value], flip=_FLIP.value, crf_params=crf_params,
+        scales=[float(s) for s in _SCALES.value], flip=_FLIP.value, mode=_MODE.value, stride=_STRIDE.value,
+        crf_params=crf_params,
         save_predictions_npz=_SAVE_PREDICTIONS.value, batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
     )
     print(report_markdown(report))

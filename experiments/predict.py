@@ -20,7 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from difnet_jax import config_compat, predict, restore
-from difnet_jax.evaluate import model_probabilities
+from difnet_jax.evaluator import model_probabilities
 from experiments.run_config import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",

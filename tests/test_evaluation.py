@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difnet_jax import crf, evaluate, mechanism, predict, restore, train
+from difnet_jax import crf, evaluate, evaluator, mechanism, predict, restore, train
 from difnet_jax.data import pipeline
 from difnet_jax.models.resize import resize_bilinear
 from tests.test_train import tiny_config
@@ -78,7 +78,7 @@ def test_flip_averaging_of_a_flip_equivariant_model_equals_single_scale():
         return 3.0 * jnp.tanh(x @ weights) + x[..., :1] ** 2
 
     images = jax.random.normal(jax.random.PRNGKey(1), (2, 30, 45, 3))
-    infer = lambda x, **kwargs: jax.jit(functools.partial(evaluate.multiscale_probabilities, pixelwise_logits,
+    infer = lambda x, **kwargs: jax.jit(functools.partial(evaluator.multiscale_probabilities, pixelwise_logits,
                                                           **kwargs))(x)
     single = infer(images)
     flipped = infer(images, flip=True)
@@ -104,7 +104,7 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
     source = pipeline.source(tiny_run.config.data.name, "validation", tiny_run.config.data.data_dir)
     small = _write_inputs(tmp_path / "in", source)
     out = tmp_path / "out"
-    probabilities_fn = lambda images: evaluate.model_probabilities(
+    probabilities_fn = lambda images: evaluator.model_probabilities(
         tiny_run.model, tiny_run.variables, jax.device_put(images, tiny_run.trainer.data_sharding))
     summary = predict.predict_files(probabilities_fn, predict.list_inputs(str(tmp_path / "in")), str(out),
                                     eval_size=97)
