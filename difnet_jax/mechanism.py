@@ -7,7 +7,8 @@
 - `select_nodes`: nodes deep inside regions of different ground-truth classes.
 - `mu_beta_table`: the learned mu_t, beta_t (Table 3).
 - `seed_branch`, `similarity_branch`, `diffusion_branch`: DifNet's forward pass cut
-  into its three parts, with the trained variables, for `time_branches` (Table 4),
+  into its three parts (the model's own methods, `apply(..., method=...)`), with the
+  trained variables, for `time_branches` (Table 4),
   which also times Sim-DeepLab of the same depth and width.
 - `run_study`: all of it for a restored run, written to WORKDIR/mechanism/.
 """
@@ -31,9 +32,6 @@ from difnet_jax import crf, diffusion, timing, visualize
 from difnet_jax.constants import OUTPUT_STRIDE
 from difnet_jax.data import pipeline
 from difnet_jax.models import DifNet, SimDeepLab
-from difnet_jax.models.aspp import ASPP, class_conv
-from difnet_jax.models.difnet import ImportanceMap, SimilarityEmbedding
-from difnet_jax.models.resnet import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -138,62 +136,25 @@ def mu_beta_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Table 4: DifNet's forward pass in three separately jitted parts.
-
-
-def _norm(model: DifNet):
-    return functools.partial(nn.BatchNorm, use_running_average=True, momentum=model.bn_momentum, epsilon=1e-5,
-                             dtype=model.dtype)
-
-
-def _sub(variables: dict[str, Any], name: str) -> dict[str, Any]:
-    """The variables of DifNet's submodule `name`."""
-    out = {"params": variables["params"][name]}
-    if name in variables.get("batch_stats", {}):
-        out["batch_stats"] = variables["batch_stats"][name]
-    return out
+# Table 4: DifNet's forward pass in three separately jitted parts, each the model's own method.
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def seed_branch(model: DifNet, variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    """Seed backbone + ASPP (or the noASPP conv) + importance map: the seed s = M x, (B, h', w', K)."""
-    backbone = ResNet(model.depth, model.width, dtype=model.dtype, bn_momentum=model.bn_momentum)
-    features = backbone.apply(_sub(variables, "seed_backbone"), images, train=False)["layer4"]
-    if model.aspp:
-        score_map = ASPP(model.num_classes, model.aspp_rates, dtype=model.dtype).apply(_sub(variables, "aspp"),
-                                                                                        features)
-    else:
-        head = class_conv(model.num_classes, dtype=model.dtype, name="classifier")
-        score_map = head.apply(_sub(variables, "classifier"), features)
-    score_map = score_map.astype(jnp.float32)
-    importance = ImportanceMap(_norm(model), dtype=model.dtype).apply(_sub(variables, "importance"), score_map)
-    return importance * score_map
+    """`DifNet.seed_branch`: seed backbone + ASPP (or the noASPP conv) + importance map; the seed (B, h', w', K)."""
+    return model.apply(variables, images, train=False, method=DifNet.seed_branch)["seed"]
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def similarity_branch(model: DifNet, variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    """Similarity backbone + the Psi heads: (T, B, N, C) on the seed grid."""
-    backbone = ResNet(model.depth, model.width, dtype=model.dtype, bn_momentum=model.bn_momentum)
-    taps = backbone.apply(_sub(variables, "similarity_backbone"), images, train=False)
-    tap_features = {1: images, 2: taps["layer1"], 3: taps["layer2"], 4: taps["layer3"], 5: taps["layer4"]}
-    grid = taps["layer4"].shape[1:3]
-    batch = images.shape[0]
-    psis = [
-        SimilarityEmbedding(grid, _norm(model), model.psi_channels, dtype=model.dtype).apply(
-            _sub(variables, f"psi{w}"), tap_features[w]).reshape(batch, grid[0] * grid[1], model.psi_channels)
-        for w in model.walks
-    ]
-    return jnp.stack(psis)
+    """`DifNet.similarity_branch`: similarity backbone + the Psi heads, (T, B, N, C) on the seed grid."""
+    return jnp.stack(model.apply(variables, images, train=False, method=DifNet.similarity_branch))
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def diffusion_branch(model: DifNet, variables: dict[str, Any], seed: jax.Array, psis: jax.Array) -> jax.Array:
-    """The cascade of random walks (Eq. 4-5): y_T, (B, h', w', K)."""
-    batch, height, width, classes = seed.shape
-    params = variables["params"]
-    y, _ = diffusion.cascade(seed.reshape(batch, height * width, classes), list(psis), params["mu_logits"],
-                             params["beta_logits"], backend=model.diffusion_backend)
-    return y.reshape(seed.shape)
+    """`DifNet.diffuse`: the cascade of random walks (Eq. 4-5), y_T (B, h', w', K)."""
+    return model.apply(variables, seed, list(psis), method=DifNet.diffuse)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -250,7 +211,7 @@ def time_branches(model: DifNet, variables: dict[str, Any], *, size: int = 505, 
     simdeeplab_fn = functools.partial(forward, simdeeplab)
     name = f"DifNet-{model.depth}"
     rows = [  # (part, key of the paper's time, function, arguments, runs)
-        (f"{name} seed branch (backbone + {'ASPP' if model.aspp else 'conv'} + importance)", "seed",
+        (f"{name} seed branch (backbone + {'ASPP' if model.use_aspp else 'conv'} + importance)", "seed",
          seed_fn, (variables, images), runs),
         (f"{name} similarity branch (backbone + Psi heads)", "similarity", similarity_fn, (variables, images), runs),
         (f"{name} diffusion ({len(model.walks)} random walks)", "diffusion", diffusion_fn, (variables, seed, psis),

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def class_conv(num_classes: int, *, dilation: int = 1, dtype: Any = jnp.float32, name: str):
+def class_conv(num_classes: int, *, dilation: int = 1, dtype: Any = jnp.float32, name: str | None = None):
     """3x3 convolution straight to class scores, 'same' padding, with bias."""
     return nn.Conv(
         num_classes, (3, 3), kernel_dilation=dilation, padding=((dilation, dilation),) * 2,

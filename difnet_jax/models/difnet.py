@@ -57,31 +57,32 @@ def adaptive_max_pool(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
 class ImportanceMap(nn.Module):
     """H of Sec. 4: BN-ReLU-conv5x5(K->8)-BN-ReLU-conv5x5(8->4)-BN-ReLU-conv5x5(4->1)-sigmoid."""
 
-    norm: Any
+    bn_momentum: float = 0.9
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, score_map):
+    def __call__(self, score_map, *, train: bool):
         x = score_map
         for i, features in enumerate((8, 4, 1)):
-            x = nn.relu(self.norm(name=f"bn{i}")(x))
-            x = nn.Conv(features, (5, 5), padding=2, use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
+                             dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.Conv(features, (5, 5), padding=2, use_bias=False, dtype=self.dtype, name=f"conv{i}")(nn.relu(x))
         return nn.sigmoid(x.astype(jnp.float32))
 
 
 class SimilarityEmbedding(nn.Module):
     """Psi of Sec. 4: conv1x1 (with bias) -> BN -> adaptive max-pool to the seed grid."""
 
-    grid: tuple[int, int]
-    norm: Any
     channels: int = 64
+    bn_momentum: float = 0.9
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features):
+    def __call__(self, features, grid: tuple[int, int], *, train: bool):
         x = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="conv")(features)
-        x = self.norm(name="bn")(x)
-        return adaptive_max_pool(x, self.grid)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                         name="bn")(x)
+        return adaptive_max_pool(x, grid)
 
 
 class DifNet(nn.Module):
@@ -92,6 +93,11 @@ class DifNet(nn.Module):
     `walks` picks which of the five taps get a random walk, in order, e.g. (1, 3, 5)
     for the paper's ablation without the 2nd and 4th walks. `frozen_bn_backbones` names
     the backbones ("seed_backbone", "similarity_backbone") whose BatchNorm is frozen.
+
+    The three parts of Sec. 4 are methods, so the mechanism study and the timing of
+    Table 4 run them alone with the trained variables, through the same code:
+    `model.apply(variables, images, train=False, method=DifNet.seed_branch)`, then
+    `DifNet.similarity_branch` and `DifNet.diffuse`.
     """
 
     backbones = ("seed_backbone", "similarity_backbone")
@@ -99,7 +105,7 @@ class DifNet(nn.Module):
     num_classes: int
     depth: int = 50
     width: int = 64
-    aspp: bool = True
+    use_aspp: bool = True  # False: one 3x3 conv ("classifier") instead of ASPP ("noASPP")
     aspp_rates: Sequence[int] = (6, 12, 18, 24)
     walks: Sequence[int] = ALL_WALKS
     psi_channels: int = 64
@@ -108,55 +114,56 @@ class DifNet(nn.Module):
     bn_momentum: float = 0.9
     frozen_bn_backbones: Sequence[str] = ()
 
-    @nn.compact
-    def __call__(self, images, *, train: bool):
+    def setup(self):
         if not self.walks or any(w not in ALL_WALKS for w in self.walks) or len(set(self.walks)) != len(self.walks):
             raise ValueError(f"walks must be distinct values from {ALL_WALKS}, got {tuple(self.walks)}")
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype
-        )
         resnet = functools.partial(ResNet, self.depth, self.width, dtype=self.dtype, bn_momentum=self.bn_momentum)
-
-        # Seed branch.
-        def backbone(name):
-            return resnet(frozen_bn=name in self.frozen_bn_backbones, name=name)
-
-        seed_features = backbone("seed_backbone")(images, train=train)["layer4"]
-        if self.aspp:
-            score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(seed_features)
+        # Submodules are named after these attributes: the parameter tree is the same as ever.
+        self.seed_backbone = resnet(frozen_bn="seed_backbone" in self.frozen_bn_backbones)
+        if self.use_aspp:
+            self.aspp = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype)
         else:
-            score_map = class_conv(self.num_classes, dtype=self.dtype, name="classifier")(seed_features)
-        score_map = score_map.astype(jnp.float32)
-        importance = ImportanceMap(norm, dtype=self.dtype, name="importance")(score_map)
-        seed = importance * score_map
+            self.classifier = class_conv(self.num_classes, dtype=self.dtype)
+        self.importance = ImportanceMap(self.bn_momentum, dtype=self.dtype)
+        self.similarity_backbone = resnet(frozen_bn="similarity_backbone" in self.frozen_bn_backbones)
+        for w in self.walks:
+            setattr(self, f"psi{w}", SimilarityEmbedding(self.psi_channels, self.bn_momentum, dtype=self.dtype))
+        self.mu_logits = self.param("mu_logits", nn.initializers.zeros, (len(self.walks),), jnp.float32)
+        self.beta_logits = self.param("beta_logits", nn.initializers.zeros, (len(self.walks),), jnp.float32)
 
-        # Similarity branch.
-        taps = backbone("similarity_backbone")(images, train=train)
+    def seed_branch(self, images, *, train: bool) -> dict[str, jnp.ndarray]:
+        """Seed backbone + ASPP (or the noASPP conv) + importance map: {'score_map', 'importance', 'seed'}."""
+        features = self.seed_backbone(images, train=train)["layer4"]
+        head = self.aspp if self.use_aspp else self.classifier
+        score_map = head(features).astype(jnp.float32)
+        importance = self.importance(score_map, train=train)
+        return {"score_map": score_map, "importance": importance, "seed": importance * score_map}
+
+    def similarity_branch(self, images, *, train: bool) -> list[jnp.ndarray]:
+        """Similarity backbone + the Psi heads: one (B, N, C) embedding per walk, on the seed grid."""
+        taps = self.similarity_backbone(images, train=train)
         tap_features = {1: images, 2: taps["layer1"], 3: taps["layer2"], 4: taps["layer3"], 5: taps["layer4"]}
-        batch, height, width, classes = seed.shape
-        psis = [
-            SimilarityEmbedding((height, width), norm, self.psi_channels, dtype=self.dtype, name=f"psi{w}")(
-                tap_features[w]
-            ).reshape(batch, height * width, self.psi_channels)
-            for w in self.walks
-        ]
+        batch, height, width = taps["layer4"].shape[:3]
+        return [getattr(self, f"psi{w}")(tap_features[w], (height, width), train=train).reshape(
+            batch, height * width, self.psi_channels) for w in self.walks]
 
-        # Cascade of random walks (Eq. 4-5).
-        mu_logits = self.param("mu_logits", nn.initializers.zeros, (len(self.walks),), jnp.float32)
-        beta_logits = self.param("beta_logits", nn.initializers.zeros, (len(self.walks),), jnp.float32)
-        y, steps = diffusion.cascade(
-            seed.reshape(batch, height * width, classes), psis, mu_logits, beta_logits,
-            backend=self.diffusion_backend,
-        )
-        grid = (batch, height, width, classes)
-        logits = resize_bilinear(y.reshape(grid), images.shape[1:3])
+    def diffuse(self, seed, psis) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+        """The cascade of random walks (Eq. 4-5) on the seed grid: (y_T, [y_1..y_T]), each (B, h', w', K)."""
+        batch, height, width, classes = seed.shape
+        y, steps = diffusion.cascade(seed.reshape(batch, height * width, classes), psis, self.mu_logits,
+                                     self.beta_logits, backend=self.diffusion_backend)
+        return y.reshape(seed.shape), [step.reshape(seed.shape) for step in steps]
+
+    def __call__(self, images, *, train: bool):
+        seeds = self.seed_branch(images, train=train)
+        psis = self.similarity_branch(images, train=train)
+        y, steps = self.diffuse(seeds["seed"], psis)
+        logits = resize_bilinear(y, images.shape[1:3])
         return logits, {
-            "score_map": score_map,
-            "importance": importance,
-            "seed": seed,
-            "walks": tuple(step.reshape(grid) for step in steps),
-            "mu": nn.sigmoid(mu_logits),
-            "beta": nn.sigmoid(beta_logits),
+            **seeds,
+            "walks": tuple(steps),
+            "mu": nn.sigmoid(self.mu_logits),
+            "beta": nn.sigmoid(self.beta_logits),
         }
 
 
@@ -197,7 +204,7 @@ def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
 def build(model: ml_collections.ConfigDict, num_classes: int) -> DifNet:
     own = model.difnet
     return DifNet(
-        num_classes, depth=model.depth, width=model.width, aspp=own.aspp, aspp_rates=tuple(model.aspp_rates),
+        num_classes, depth=model.depth, width=model.width, use_aspp=own.aspp, aspp_rates=tuple(model.aspp_rates),
         walks=tuple(own.walks), psi_channels=own.psi_channels, diffusion_backend=own.diffusion_backend,
         dtype=COMPUTE_DTYPES[model.dtype], frozen_bn_backbones=family.frozen_bn_backbones(model, backbones(model)),
     )
