@@ -1,0 +1,335 @@
+"""Progressively Diffused Networks (PDN, papers/003): diffused conv-LSTM modules in an atrous ResNet.
+
+A diffusion module stacks `num_layers` (4) diffused LSTM layers (Sec. 4, Fig. 3). Layer t
+holds E + 1 groups of hidden maps: the depth group H^d_t and the spatial groups H^s_{t,e},
+e = 1..E (E = 1: "8NB", E = 2: "24NB"). Each of the layer's E + 1 LSTMs (one depth LSTM, E
+spatial LSTMs) computes its four gates from *every* group through channel-wise (depthwise)
+filters (Eq. 1): the depth group through the centre tap only, spatial group e through the
+ring of 8e taps at Chebyshev distance e. Only those taps are parameters; everything else in
+the (2e+1)x(2e+1) kernels is a structural zero. Weights and biases are not shared between
+LSTMs or layers (Sec. 4.2). Per LSTM: 4 gates x (1 + 8 + ... + 8E) x d weights = 36d (8NB)
+or 100d (24NB) plus 4d biases, so a 4-layer module has 288d + 32d or 1200d + 48d
+parameters (Table 1 counts the weights: 307K at d = 256 for 24NB).
+
+PDN puts the module between layer4's second and third blocks (the paper's res5b / res5c),
+with 1x1 reductions to d and back and a residual connection ("1M"). A 1x1 classifier on
+every layer's depth map gives an intermediate prediction with its own cross-entropy
+(intermediate supervision, Sec. 3; Table 2 reads these predictions). The final prediction
+is Sim-DeepLab's ASPP head on layer4 (DeepLab-v2, the paper's baseline), upsampled.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from difnet_jax import losses
+from difnet_jax.config_errors import positive_int, require
+from difnet_jax.constants import COMPUTE_DTYPES
+from difnet_jax.models import family
+from difnet_jax.models.aspp import ASPP
+from difnet_jax.models.resize import resize_bilinear
+from difnet_jax.models.resnet import STAGE_SIZES, ResNet
+
+GATES = ("i", "f", "o", "c")  # gate order along the parameters' last axis
+IMPLS = ("conv", "shifted")
+
+
+def rings_of(neighbors: int) -> int:
+    """E such that (2E + 1)^2 - 1 == neighbors (8 -> 1, 24 -> 2); ValueError otherwise."""
+    rings = (int(round(np.sqrt(neighbors + 1))) - 1) // 2
+    if rings < 1 or (2 * rings + 1) ** 2 - 1 != neighbors:
+        raise ValueError(f"neighbors must be (2E+1)^2 - 1 for some E >= 1 (8, 24, 48, ...), got {neighbors}")
+    return rings
+
+
+def ring_offsets(distance: int) -> np.ndarray:
+    """(8 * distance, 2) offsets (dy, dx) at Chebyshev distance `distance`, row-major order."""
+    span = range(-distance, distance + 1)
+    return np.array([(dy, dx) for dy in span for dx in span if max(abs(dy), abs(dx)) == distance], np.int32)
+
+
+def ring_kernel(taps: jax.Array, distance: int) -> jax.Array:
+    """Ring taps (8e, d, J) -> the depthwise HWIO kernel (2e+1, 2e+1, 1, d*J), zero off the ring.
+
+    Output channel c*J + j is input channel c's j-th gate, the channel order of a convolution
+    with `feature_group_count = d` (channel multiplier J).
+    """
+    side = 2 * distance + 1
+    offsets = ring_offsets(distance) + distance
+    _, d, j = taps.shape
+    kernel = jnp.zeros((side, side, d, j), taps.dtype).at[offsets[:, 0], offsets[:, 1]].set(taps)
+    return kernel.reshape(side, side, 1, d * j)
+
+
+def _lstm_init(std: float):
+    return nn.initializers.normal(std)
+
+
+class DiffusedLSTMLayer(nn.Module):
+    """One diffused LSTM layer (Eqs. 1-3): E + 1 groups of hidden/memory maps in, E + 1 out.
+
+    `__call__(hidden, memory)`: hidden a list of E + 1 maps (B, H, W, d) (index 0 the depth
+    group, e the spatial group e), memory (B, H, W, d, E + 1). Returns the new pair. Every
+    gate of every LSTM comes out of one depthwise convolution per ring (impl "conv") or of
+    shifted slices times per-tap weights (impl "shifted"); both give the same numbers.
+    """
+
+    rings: int
+    dtype: Any = jnp.float32
+    init_std: float = 0.01
+    impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, hidden: Sequence[jax.Array], memory: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        num_lstms, d = self.rings + 1, hidden[0].shape[-1]
+        if len(hidden) != num_lstms:
+            raise ValueError(f"expected {num_lstms} hidden groups, got {len(hidden)}")
+        lstms = ["depth"] + [f"spatial{e}" for e in range(1, num_lstms)]
+        init = _lstm_init(self.init_std)
+        # Per LSTM: centre taps on the depth group (d, 4), ring-e taps on spatial group e
+        # (8e, d, 4), biases (d, 4); stacked over the LSTMs into J = (E+1)*4 outputs per channel.
+        centre = jnp.stack([self.param(f"{n}_centre", init, (d, 4), jnp.float32) for n in lstms], axis=1)
+        rings = [jnp.stack([self.param(f"{n}_ring{e}", init, (8 * e, d, 4), jnp.float32) for n in lstms], axis=2)
+                 for e in range(1, num_lstms)]
+        bias = jnp.stack([self.param(f"{n}_bias", nn.initializers.zeros, (d, 4), jnp.float32) for n in lstms],
+                         axis=1)
+        j = num_lstms * 4
+        hidden = [h.astype(self.dtype) for h in hidden]
+        # Depth group: centre tap only (a per-channel scale for each LSTM and gate).
+        pre = hidden[0][..., None] * centre.reshape(d, j).astype(self.dtype)  # (B, H, W, d, J)
+        for e, taps in enumerate(rings, start=1):
+            pre = pre + self._ring(hidden[e], taps.reshape(8 * e, d, j).astype(self.dtype), e)
+        pre = pre + bias.reshape(d, j).astype(self.dtype)
+        pre = pre.reshape(*pre.shape[:-1], num_lstms, 4)  # (B, H, W, d, E+1, gate)
+        # Eq. 1 prints sigma for the candidate c and tanh for the output gate o: a typo against
+        # Eq. 3 (H = o * tanh(M), which needs o in [0, 1]) and every LSTM. Here i, f, o are
+        # sigmoids and the candidate c is a tanh.
+        i, f, o = (jax.nn.sigmoid(pre[..., k]) for k in range(3))
+        c = jnp.tanh(pre[..., 3])
+        memory = f * memory.astype(self.dtype) + i * c  # Eq. 3
+        new_hidden = o * jnp.tanh(memory)
+        return [new_hidden[..., g] for g in range(num_lstms)], memory
+
+    def _ring(self, h: jax.Array, taps: jax.Array, e: int) -> jax.Array:
+        """Sum over the 8e ring taps of h shifted by the tap's offset times its weights: (B, H, W, d, J)."""
+        d, j = taps.shape[1:]
+        if self.impl == "conv":
+            out = jax.lax.conv_general_dilated(
+                h, ring_kernel(taps, e), window_strides=(1, 1), padding=((e, e), (e, e)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=d,
+            )
+            return out.reshape(*out.shape[:-1], d, j)
+        height, width = h.shape[1:3]
+        padded = jnp.pad(h, ((0, 0), (e, e), (e, e), (0, 0)))
+        out = 0.0
+        for tap, (dy, dx) in enumerate(ring_offsets(e)):
+            shifted = padded[:, e + dy: e + dy + height, e + dx: e + dx + width]
+            out = out + shifted[..., None] * taps[tap]
+        return out
+
+
+class DiffusionModule(nn.Module):
+    """`num_layers` stacked diffused LSTM layers; (B, H, W, d) -> the list of depth hidden maps.
+
+    The first layer's E + 1 hidden groups are copies of the input (Sec. 3), its memories
+    zeros. Layer t's outputs are returned for t = 1..num_layers (each (B, H, W, d), in
+    `dtype`); parameters are float32, drawn from N(0, init_std) (Sec. 5: "Gaussian with mean
+    0 and variance 0.01"; read as Caffe's gaussian filler's std = 0.01, as DeepLab's
+    classifier) with zero biases.
+
+    Receptive field: every layer convolves once with taps up to distance E, so layer t's
+    depth map at a site depends on the input in the square of radius t*E around it and
+    nowhere else; the 4-layer module's output sees radius 4E (side 9 for 8NB, 17 for 24NB).
+    Table 1 of the paper gives sides 7 and 13 (radius 3E), which is what 3 convolving layers
+    reach, while its parameter count (288d, 1200d) and Table 2 use 4 layers. We implement 4
+    full layers (the parameter count and Table 2 are unambiguous); Table 1's radius is that
+    of the third layer's prediction here.
+    """
+
+    neighbors: int
+    num_layers: int = 4
+    dtype: Any = jnp.float32
+    init_std: float = 0.01
+    impl: str = "conv"  # "conv": one depthwise convolution per ring; "shifted": sliced taps
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        rings = rings_of(self.neighbors)
+        x = x.astype(self.dtype)
+        hidden = [x] * (rings + 1)
+        memory = jnp.zeros((*x.shape, rings + 1), self.dtype)
+        depth_maps = []
+        for t in range(self.num_layers):
+            hidden, memory = DiffusedLSTMLayer(rings, dtype=self.dtype, init_std=self.init_std, impl=self.impl,
+                                               name=f"layer{t + 1}")(hidden, memory)
+            depth_maps.append(hidden[0])
+        return depth_maps
+
+
+class DiffusionBlock(nn.Module):
+    """The module as inserted in the backbone: x + expand(module(reduce(x))[-1]), and per-layer class scores.
+
+    `__call__(x, *, train)` -> (x', [layer logits (B, h, w, K) float32]); the reductions and
+    classifiers are 1x1 convolutions with biases, initialised N(0, 0.01) as new layers.
+    """
+
+    num_classes: int
+    neighbors: int = 24
+    d: int = 256
+    num_layers: int = 4
+    dtype: Any = jnp.float32
+    init_std: float = 0.01
+    impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, list[jax.Array]]:
+        del train  # no BatchNorm or dropout in the block
+        conv = lambda features, name: nn.Conv(features, (1, 1), kernel_init=nn.initializers.normal(0.01),
+                                              dtype=self.dtype, name=name)
+        reduced = conv(self.d, "reduce")(x)
+        depth_maps = DiffusionModule(self.neighbors, self.num_layers, dtype=self.dtype, init_std=self.init_std,
+                                     impl=self.impl, name="module")(reduced)
+        logits = [conv(self.num_classes, f"classifier{t + 1}")(h).astype(jnp.float32)
+                  for t, h in enumerate(depth_maps)]
+        return x + conv(x.shape[-1], "expand")(depth_maps[-1]).astype(x.dtype), logits
+
+
+def module_sites(depth: int, num_modules: int) -> tuple[str, ...]:
+    """The ResNet blocks after which the diffusion modules sit, in the order they run.
+
+    1M: after layer4_1 (res5b, between 5b and 5c as in the paper). 2M: also after layer3's
+    last block (res4b22 of ResNet-101). The paper does not say where its second module goes
+    ("inserted into different part" of ResNet-101); the end of layer3 is the other stage of
+    the stride-8 atrous trunk, so the second module diffuses the mid-level features that all
+    of layer4 builds on, rather than repeating the first one two blocks away.
+    """
+    if num_modules not in (1, 2):
+        raise ValueError(f"num_modules must be 1 or 2, got {num_modules}")
+    sites = ("layer4_1",)
+    if num_modules == 2:
+        sites = (f"layer3_{STAGE_SIZES[depth][2] - 1}",) + sites
+    return sites
+
+
+class PDN(nn.Module):
+    """Atrous ResNet + diffusion module(s) + ASPP: `(logits, intermediates)`.
+
+    intermediates: 'score_map' (B, h, w, K) the ASPP scores on the feature grid, and
+    'layer_logits' the tuple of every diffusion layer's class scores (B, h, w, K) float32,
+    all modules' layers in the order they run (2M: layer3's module first). Each module's
+    parameters are `diffusion_<block>` (e.g. `diffusion_layer4_1`) beside `backbone` and `aspp`.
+    """
+
+    backbones = ("backbone",)
+
+    num_classes: int
+    depth: int = 101
+    width: int = 64
+    neighbors: int = 24
+    num_modules: int = 1
+    d: int = 256
+    aspp_rates: Sequence[int] = (6, 12, 18, 24)
+    dtype: Any = jnp.float32
+    frozen_bn: bool = False  # the backbone's BatchNorm uses and keeps its running statistics
+    num_layers: int = 4
+    init_std: float = 0.01
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        layer_logits: list[jax.Array] = []
+
+        def hook(block):
+            def apply(x, *, train):
+                x, logits = block(x, train=train)
+                layer_logits.extend(logits)
+                return x
+            return apply
+
+        after_block = {
+            site: hook(DiffusionBlock(self.num_classes, self.neighbors, self.d, self.num_layers, dtype=self.dtype,
+                                      init_std=self.init_std, name=f"diffusion_{site}"))
+            for site in module_sites(self.depth, self.num_modules)
+        }
+        features = ResNet(self.depth, self.width, dtype=self.dtype, frozen_bn=self.frozen_bn,
+                          after_block=after_block, name="backbone")(images, train=train)
+        score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
+        logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
+        return logits, {"score_map": score_map, "layer_logits": tuple(layer_logits)}
+
+
+# The family's entry points (difnet_jax.models.FAMILIES["pdn"]).
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """config.model.pdn: PDN's own keys, the paper's values."""
+    config = ml_collections.ConfigDict()
+    config.neighbors = 24  # 8 ("8NB", E = 1) or 24 ("24NB", E = 2): the paper's best is 24
+    config.modules = 1  # 1 ("1M") or 2 ("2M"; the second after layer3, see module_sites)
+    config.d = 256  # the module's feature width (Table 1)
+    # Weight of each diffusion layer's cross-entropy. The paper gives none (each layer has its
+    # own softmax loss, Sec. 3: Caffe's default loss_weight 1), so 1.0.
+    config.layer_loss_weight = 1.0
+    return config
+
+
+def check(model: ml_collections.ConfigDict) -> None:
+    own = model.pdn
+    try:
+        valid_neighbors = positive_int(own.neighbors) and rings_of(own.neighbors) >= 1
+    except ValueError:
+        valid_neighbors = False
+    require(valid_neighbors, "model.pdn.neighbors", own.neighbors, "(2E+1)^2 - 1 for E >= 1: 8 (8NB), 24 (24NB), ...")
+    require(own.modules in (1, 2) and positive_int(own.modules), "model.pdn.modules", own.modules, "1 or 2")
+    require(positive_int(own.d), "model.pdn.d", own.d, "a positive integer")
+    weight = own.layer_loss_weight
+    require(isinstance(weight, numbers.Real) and not isinstance(weight, bool) and np.isfinite(weight) and weight >= 0,
+            "model.pdn.layer_loss_weight", weight, "a finite number >= 0")
+
+
+def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    del model
+    return PDN.backbones
+
+
+def build(model: ml_collections.ConfigDict, num_classes: int) -> PDN:
+    own = model.pdn
+    return PDN(
+        num_classes, depth=model.depth, width=model.width, neighbors=own.neighbors, num_modules=own.modules,
+        d=own.d, aspp_rates=tuple(model.aspp_rates), dtype=COMPUTE_DTYPES[model.dtype],
+        frozen_bn=bool(family.frozen_bn_backbones(model, PDN.backbones)),
+    )
+
+
+def loss(outputs: family.Outputs, batch: Mapping[str, jax.Array],
+         model: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """ce(final) + layer_loss_weight * sum_t ce(layer t); terms {'ce', 'layer1_ce', ...}, each once.
+
+    The layer scores are upsampled bilinearly to the labels (as the final logits are, and as
+    the evaluator reads `extra_predictions`), so each term scores the prediction that is
+    evaluated; nearest downsampling of labels to the 1/8 grid would drop thin parts (arms,
+    legs in Person-Part) and misalign by half a cell.
+    """
+    logits, intermediates = outputs
+    labels = batch["label"]
+    terms = {"ce": losses.cross_entropy(logits, labels)}
+    for t, layer in enumerate(intermediates["layer_logits"], start=1):
+        upsampled = resize_bilinear(layer.astype(jnp.float32), labels.shape[1:3])
+        terms[f"layer{t}_ce"] = losses.cross_entropy(upsampled, labels)
+    layer_terms = [v for k, v in terms.items() if k != "ce"]
+    total = terms["ce"] + model.pdn.layer_loss_weight * sum(layer_terms, jnp.zeros((), jnp.float32))
+    return total, terms
+
+
+def extra_predictions(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """{'layer1': logits, ...}: every diffusion layer's class scores on the feature grid (Table 2)."""
+    return {f"layer{t}": logits for t, logits in enumerate(intermediates["layer_logits"], start=1)}
