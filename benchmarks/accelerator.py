@@ -25,7 +25,7 @@ What it does, in order (each part lands in DIR/report.md and DIR/report.json):
    backward, as time and as a fraction of the matmul roofline counted in attention FLOPs (forward
    2 T B N^2 (C + K), forward + backward three times that); the same cascade written with PyTorch's
    `scaled_dot_product_attention` when torch imports (never a dependency); train images/s (crop 321,
-   global batch 16) and 505x505 inference latency with XLA's peak memory for each model of --models
+   global batch 16) and 505x505 inference latency with XLA's peak memory for each model of --variants
    (variants of experiments/configs/variants.py; those not in the table yet are listed as absent);
 4. the main job end to end: `python -m experiments.voc` on `difnet18,synthetic` and with
    `--config.model.width=64`, as subprocesses, with wall time and final mIoU (from metrics.jsonl);
@@ -85,7 +85,8 @@ from difnet_jax import diffusion, timing
 _OUT = flags.DEFINE_string("out", None, "Directory for report.md, report.json and the end-to-end runs.")
 _QUICK = flags.DEFINE_bool("quick", False, "Sized to finish in under 8 minutes on one H100 (see --budget_s).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes on any device (CPU): every code path, no figures to quote.")
-_MODELS = flags.DEFINE_list("models", None, "Variants to time (default by mode); absent variants are listed.")
+_VARIANTS = flags.DEFINE_list("variants", None, "Model variants to time (default by mode); those the config "
+                                "table lacks are listed as absent.")
 _PARTS = flags.DEFINE_list("parts", ["checks", "cascade", "models", "e2e"], "Which parts to run.")
 _BUDGET_S = flags.DEFINE_float("budget_s", None, "Seconds for the whole run (default: --quick 430, else none); "
                                "measurements that would start later are marked 'not run (budget)'.")
@@ -1053,7 +1054,7 @@ def main(argv):
     sizes = SIZES["smoke" if _SMOKE.value else "quick" if _QUICK.value else "full"]
     if _BUDGET_S.value is not None:
         sizes = dataclasses.replace(sizes, budget_s=_BUDGET_S.value)
-    models = tuple(_MODELS.value) if _MODELS.value is not None else None
+    models = tuple(_VARIANTS.value) if _VARIANTS.value is not None else None
     status = run(_OUT.value, sizes, tuple(_PARTS.value), models,
                  command=" ".join(["python -m benchmarks.accelerator", *sys.argv[1:]]),
                  model_backend=_MODEL_BACKEND.value)
