@@ -2,10 +2,13 @@
 
   python -m experiments.prepare_data --dataset=voc_aug --manual_dir=~/downloads/voc --data_dir=~/tensorflow_datasets
 
+--dataset is a config's `data.name` (ade20k, person_part and cityscapes are the TFDS builders
+ade20k_scene_parsing, pascal_person_part and cityscapes_fine: `pipeline.DATASET_NAMES`).
 manual_dir holds the official archives or what they extract to; see the builder's module
-docstring (difnet_jax/data/voc_aug.py, pascal_context.py). --skip_bad_examples sets
-DIFNET_SKIP_BAD_EXAMPLES=1 (see difnet_jax/data/example_files.py). Prints the split counts and
-the disk space of the prepared dataset. A dataset already prepared is not prepared again.
+docstring (difnet_jax/data/voc_aug.py, pascal_context.py, ade20k.py, person_part.py,
+cityscapes.py). --skip_bad_examples sets DIFNET_SKIP_BAD_EXAMPLES=1 (see
+difnet_jax/data/example_files.py). Prints the split counts and the disk space of the prepared
+dataset. A dataset already prepared is not prepared again.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from etils import epath
 
 from difnet_jax.data import example_files, pipeline
 
-DATASETS = ("voc_aug", "pascal_context", "pascal_context/60", "pascal_context/59", "synthetic_shapes",
-            "synthetic_shapes/tiny")
-_DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "The dataset (TFDS name, with config) to prepare.")
+DATASETS = ("voc_aug", "pascal_context", "pascal_context/60", "pascal_context/59", "ade20k", "person_part",
+            "cityscapes", "synthetic_shapes", "synthetic_shapes/tiny")
+_DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "The dataset (data.name, with config) to prepare.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder with the downloaded archives or their contents.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir to write to; empty: TFDS's default.")
 _SKIP_BAD_EXAMPLES = flags.DEFINE_bool("skip_bad_examples", False, "Leave unreadable or invalid examples out.")

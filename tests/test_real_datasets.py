@@ -1,5 +1,6 @@
 """voc_aug and pascal_context built from tiny trees in the real manual_dir layouts, and their bad inputs."""
 
+import importlib.util
 import logging
 import pathlib
 import re
@@ -193,6 +194,17 @@ def test_pascal_context_name_missing_from_labels_txt(tmp_path):
     make_context_tree(tmp_path / "manual", ids)
     with pytest.raises(ValueError, match=r"labels\.txt has no class named 'sofa'"):
         pipeline.prepare("pascal_context", str(tmp_path / "data"), str(tmp_path / "manual"))
+
+
+def test_plain_tfds_call_writes_array_record_without_tensorflow(tmp_path):
+    """The plain TFDS way, no file_format given: the builder's own default is array_record (TFRecord needs TF)."""
+    assert importlib.util.find_spec("tensorflow") is None  # else this test would not show anything
+    make_voc_aug_tree(tmp_path / "manual")
+    builder = tfds.builder("voc_aug", data_dir=str(tmp_path / "data"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))
+    assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    assert len(tfds.data_source("voc_aug", split="train", data_dir=str(tmp_path / "data"))) == 6
+    assert tfds.builder("voc_aug", file_format="tfrecord").info.file_format == tfds.core.FileFormat.TFRECORD
 
 
 def test_voc_aug_accepts_the_archives(tmp_path):

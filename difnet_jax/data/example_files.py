@@ -81,6 +81,19 @@ def read_index_png(path: epath.Path) -> np.ndarray:
     return indices
 
 
+def read_png_through_table(path: epath.Path, table: np.ndarray, annotation: str) -> np.ndarray:
+    """`table[v]` for each value v of an index PNG: maps a dataset's annotation values to training labels.
+
+    `table` has 256 entries, -1 for the values the dataset's annotations never hold; such a
+    value is a BadExampleError naming the file and `annotation`, what the values should be.
+    """
+    raw = read_index_png(path)
+    labels = table[raw]
+    if (labels < 0).any():
+        raise BadExampleError(f"{path}: values {np.unique(raw[labels < 0])[:10].tolist()} are not {annotation}")
+    return labels.astype(np.uint8)
+
+
 def read_mat_array(path: epath.Path, variable: str, field: str | None = None) -> np.ndarray:
     """The 2-D integer array `variable` (or the struct field `variable.field`) of a MATLAB .mat file."""
     name = f"{variable}.{field}" if field else variable

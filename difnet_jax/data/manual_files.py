@@ -1,7 +1,7 @@
 """Finding the files of a manually downloaded dataset: folders, archives, split lists.
 
 A TFDS `manual_dir` holds either what the official archives extract to or the
-archives themselves. Archives are extracted (once, through a temporary folder
+archives themselves (tar of any compression, or zip). Archives are extracted (once, through a temporary folder
 renamed on success) into the builder's download folder, `<data_dir>/downloads/
 extracted/<archive name>`, so manual_dir is only ever read. A path that is
 missing is reported with the official archive it comes from.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
+import zipfile
 from collections.abc import Iterable, Sequence
 
 import tensorflow_datasets as tfds
@@ -57,7 +58,7 @@ def _first_missing(root: epath.Path, required: Iterable[str]) -> str | None:
 
 
 def extract(archive: epath.Path, destination: epath.Path) -> epath.Path:
-    """Extracts the tar (any compression) `archive` to `destination` unless a complete extraction is there."""
+    """Extracts `archive` (.zip, or tar of any compression) to `destination` unless a complete extraction is there."""
     if destination.is_dir():
         return destination
     partial = destination.parent / f"{destination.name}.incomplete"
@@ -66,9 +67,13 @@ def extract(archive: epath.Path, destination: epath.Path) -> epath.Path:
     partial.mkdir(parents=True)
     log.info("Extracting %s to %s", archive, destination)
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(partial, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zip_file:
+                zip_file.extractall(partial)  # zipfile drops absolute paths and "..".
+        else:
+            with tarfile.open(archive) as tar:
+                tar.extractall(partial, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
         partial.rmtree()
         raise ValueError(f"Cannot extract {archive}: {error}") from error
     partial.rename(destination)
@@ -90,3 +95,12 @@ def require_files(paths: Iterable[epath.Path], archive: str) -> None:
         raise FileNotFoundError(
             f"Expected {missing[0]}{more}, from the official archive {archive}: extract it completely."
         )
+
+
+def find_files(folder: epath.Path, pattern: str, archive: str) -> list[epath.Path]:
+    """The files in `folder` matching the glob `pattern`, sorted; FileNotFoundError naming both if there are none."""
+    paths = sorted(path for path in folder.glob(pattern) if path.is_file())
+    if not paths:
+        raise FileNotFoundError(f"Expected files {folder / pattern}, from the official archive {archive}: "
+                                "extract it completely.")
+    return paths

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import segmentation_features
+from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
 
 CONTEXT_59 = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
@@ -87,7 +87,7 @@ def read_context_label(path: epath.Path, table: np.ndarray) -> np.ndarray:
     return table[label_map].astype(np.uint8)
 
 
-class PascalContext(tfds.core.GeneratorBasedBuilder):
+class PascalContext(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """PASCAL-Context semantic segmentation: 59 classes (+ background), 4,998 train / 5,105 validation."""
 
     VERSION = tfds.core.Version("1.0.0")

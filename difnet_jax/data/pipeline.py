@@ -20,10 +20,24 @@ from PIL import Image
 import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 
+# config `data.name` -> TFDS builder name, where they differ: TFDS registers `cityscapes` and
+# `scene_parse150` itself (generated through TensorFlow), so the project's builders have names of their own.
+DATASET_NAMES = {
+    "ade20k": "ade20k_scene_parsing",
+    "person_part": "pascal_person_part",
+    "cityscapes": "cityscapes_fine",
+}
+
+
+def builder_name(data_name: str) -> str:
+    """The TFDS builder name (and config) of a config's `data.name`: "ade20k" -> "ade20k_scene_parsing"."""
+    dataset, slash, config = data_name.partition("/")
+    return DATASET_NAMES.get(dataset, dataset) + slash + config
+
 
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Builds the dataset `name` in `data_dir` as array_record unless it is already there."""
-    builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+    """Builds the dataset `name` (a `data.name` or TFDS name) in `data_dir` as array_record unless it is there."""
+    builder = tfds.builder(builder_name(name), data_dir=data_dir or None, file_format="array_record")
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
     builder.download_and_prepare(download_config=download_config)
     return builder
@@ -34,7 +48,8 @@ def class_names(builder: tfds.core.DatasetBuilder) -> list[str]:
 
 
 def source(name: str, split: str, data_dir: str | None = None):
-    return tfds.data_source(name, split=split, data_dir=data_dir or None)
+    """The random-access records of `split` of the prepared dataset `name` (a `data.name` or TFDS name)."""
+    return tfds.data_source(builder_name(name), split=split, data_dir=data_dir or None)
 
 
 def _label_2d(label: np.ndarray) -> np.ndarray:

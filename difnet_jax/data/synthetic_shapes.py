@@ -45,7 +45,19 @@ def segmentation_features() -> tfds.features.FeaturesDict:
     })
 
 
-class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
+class ArrayRecordByDefault:
+    """Mixed into every builder of this project: array_record files unless a `file_format` is given.
+
+    TFDS's own default, TFRecord, needs TensorFlow to write; array_record does not and is what
+    `tfds.data_source` reads, so the plain TFDS entry points (`tfds.builder(name)
+    .download_and_prepare(...)`, `tfds build`) work without TensorFlow.
+    """
+
+    def __init__(self, *, file_format: str | tfds.core.FileFormat | None = None, **kwargs):
+        super().__init__(file_format=file_format or tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
+
+
+class SyntheticShapes(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """VOC-like synthetic scenes: 21 classes, 255 void band, ambiguous local appearance."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import segmentation_features
+from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
 
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -40,7 +40,7 @@ def read_sbd_label(path: epath.Path) -> np.ndarray:
     return example_files.read_mat_array(path, "GTcls", "Segmentation")
 
 
-class VocAug(tfds.core.GeneratorBasedBuilder):
+class VocAug(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """PASCAL VOC 2012 + SBD semantic segmentation: 21 classes, 10,582 train / 1,449 validation images."""
 
     VERSION = tfds.core.Version("1.0.0")
