@@ -27,13 +27,13 @@ def valid_receptive_field(apply_fn: Callable[[jax.Array], jax.Array], image, sit
     """
     image = jnp.asarray(image, jnp.float32)[None]
     row, col = site
-    scores = apply_fn(image)
+    scores = jax.jit(apply_fn)(image)
     if scores.ndim != 4 or scores.shape[0] != 1:
         raise ValueError(f"apply_fn must return (1, h, w, K) scores, got {scores.shape}")
     if not (0 <= row < scores.shape[1] and 0 <= col < scores.shape[2]):
         raise ValueError(f"site {tuple(site)} is outside the {scores.shape[1:3]} score grid")
     k = int(jnp.argmax(scores[0, row, col]))
-    grad = jax.grad(lambda x: apply_fn(x)[0, row, col, k].astype(jnp.float32))(image)
+    grad = jax.jit(jax.grad(lambda x: apply_fn(x)[0, row, col, k].astype(jnp.float32)))(image)
     return np.asarray(jnp.abs(grad[0]).sum(-1), np.float32)
 
 
