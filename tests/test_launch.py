@@ -269,7 +269,8 @@ def test_notebook_commands_run_at_smoke_size(tmp_path):
                                 "--config.model.width=8", "--config.model.aspp_rates=(1,2)",
                                 "--config.data.crop_size=33", "--config.train.batch_size=2",
                                 "--config.train.eval_batch_size=4", "--config.train.log_every=1"]}
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    # XLA's optimisations off: about half the compile time; the commands' plumbing is under test, not speed.
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     assert [m for m, _ in commands] == ["experiments.prepare_data", "experiments.voc"]
     for module, arguments in commands:
         arguments = [a for a in arguments if not a.startswith("--dataset=")] + tiny[module]  # voc_aug: no archives
