@@ -121,3 +121,23 @@ def test_targets_are_marked_from_the_rows():
     assert marked["`auto`"]["status"] == "missed"  # auto = fused, chunked twice as fast at N = 16,384
     assert marked["bf16"]["status"] == "missed" and marked["bf16"]["value"] == "1.20x"
     assert jnp.isfinite(accelerator.cascade_flops(1, 4096, "fwd"))
+
+
+def test_loads_without_the_data_packages_and_says_what_is_missing():
+    """GPU images often lack tensorflow-datasets, grain, array-record and ml-collections: the module still
+    imports, and the parts that need them raise ImportError (reported as 'not run: carry wheels')."""
+    script = """
+import sys
+for name in ("ml_collections", "grain", "tensorflow_datasets", "array_record"):
+    sys.modules[name] = None  # import fails
+from benchmarks import accelerator
+for call in (lambda: accelerator.check_train(accelerator.SIZES["smoke"], []), accelerator._variants):
+    try:
+        call()
+    except ImportError as error:
+        print("missing", error.name)
+"""
+    process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                             timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.split("\n")[:2] == ["missing ml_collections", "missing ml_collections"]
