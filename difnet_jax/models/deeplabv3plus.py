@@ -132,6 +132,10 @@ class DeepLabV3Plus(nn.Module):
         if stride not in STAGE_STRIDE_DILATION:
             raise ValueError(f"DeepLabV3Plus output stride must be one of {sorted(STAGE_STRIDE_DILATION)}, "
                              f"got {stride} ({'output_stride' if train else 'eval_output_stride'})")
+        rates_r = affinity.expand_rates(self.affinity_rates)
+        if self.affinity_bias_init and len(self.affinity_bias_init) != len(rates_r):
+            raise ValueError(f"affinity_bias_init has {len(self.affinity_bias_init)} values for the "
+                             f"{len(rates_r)} rates {rates_r}")
         backbone = ResNet(self.depth, self.width, dtype=self.dtype, frozen_bn=self.frozen_bn, output_stride=stride,
                           name="backbone")
         features = backbone(images, train=train)
@@ -144,7 +148,6 @@ class DeepLabV3Plus(nn.Module):
         score_map = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
         logits = resize_bilinear(score_map.astype(jnp.float32), size)
         intermediates = {}
-        rates_r = affinity.expand_rates(self.affinity_rates)
         if rates_r:
             intermediates["affinity_logits"] = resize_bilinear(
                 self._affinity_head(rates_r)(x).astype(jnp.float32), size)
@@ -153,9 +156,6 @@ class DeepLabV3Plus(nn.Module):
     def _affinity_head(self, rates: tuple[affinity.Rate, ...]) -> nn.Conv:
         # Biases logit(pi_r) so that sigmoid(b_r) = pi_r, the focal-loss paper's prior init. The
         # paper (Sec. 4.1) prints b_r = -log(pi_r / (1 - pi_r)), whose sigmoid is 1 - pi_r: a sign error.
-        if self.affinity_bias_init and len(self.affinity_bias_init) != len(rates):
-            raise ValueError(f"affinity_bias_init has {len(self.affinity_bias_init)} values for the "
-                             f"{len(rates)} rates {rates}")
         pi = np.clip(np.asarray(self.affinity_bias_init or [0.5] * len(rates), np.float64), 1e-6, 1 - 1e-6)
         bias = np.repeat(np.log(pi / (1 - pi)), 8).astype(np.float32)
         return nn.Conv(8 * len(rates), (1, 1), dtype=self.dtype, name="affinity",
