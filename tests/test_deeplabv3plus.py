@@ -16,6 +16,7 @@ from difnet_jax import affinity
 from difnet_jax.config_errors import ConfigError
 from difnet_jax.models import deeplabv3plus
 from difnet_jax.models.deeplabv3plus import ASPPv3, DeepLabV3Plus
+from difnet_jax.models.family import Family
 from difnet_jax.models.resnet import ResNet
 from experiments import affinity_stats
 
@@ -78,6 +79,10 @@ def test_same_parameters_at_both_strides_and_no_head_by_default():
     assert "affinity" not in at8["params"]
     logits, intermediates = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 65, 65, 3)), train=False), at8)
     assert intermediates == {} and logits.shape == (1, 65, 65, 5)
+    bf16 = DeepLabV3Plus(5, depth=18, width=8, dtype=jnp.bfloat16, affinity_rates=(4,))
+    logits, intermediates = jax.eval_shape(
+        lambda v: bf16.apply(v, jnp.zeros((1, 65, 65, 3)), train=False), _init_shapes(bf16))
+    assert logits.dtype == intermediates["affinity_logits"].dtype == jnp.float32
 
 
 def test_canonical_parameter_counts_width_64():
@@ -132,6 +137,9 @@ def test_check_names_keys_and_the_stats_command(tmp_path):
         with pytest.raises(ConfigError, match=rf"model\.deeplabv3plus\.{key}="):
             deeplabv3plus.check(_model_config(**{key: value}))
     assert deeplabv3plus.backbones(_model_config()) == ("backbone",)
+    entry = Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
+                   check=deeplabv3plus.check, defaults=deeplabv3plus.defaults)
+    assert isinstance(entry.build(_model_config(), 3), DeepLabV3Plus) and entry.extra_predictions({}) == {}
     assert deeplabv3plus.default_stats_path("voc_aug") == os.path.join("affinity_stats", "voc_aug.json")
 
 
