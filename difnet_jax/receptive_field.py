@@ -51,7 +51,8 @@ def plot_receptive_fields(maps: Mapping[str, np.ndarray], path: str, image: np.n
                           point: Sequence[int] | None = None, cell_inches: float = 2.2) -> str:
     """Fig. 4: optionally the image, then one panel per named map (each normalised to its maximum).
 
-    image: (H, W, 3) on the 0..255 scale. point: (row, col) in image pixels, marked with a red dot on every panel. Returns `path`.
+    image: (H, W, 3) on the 0..255 scale. point: (row, col) in image pixels, marked with a
+    red dot on every panel. Returns `path`.
     """
     panels = ([("image", None)] if image is not None else []) + list(maps.items())
     if not panels:

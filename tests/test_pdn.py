@@ -25,6 +25,11 @@ def _count(tree) -> int:
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
 
 
+def _init(module, *args):
+    """Variables from a jit-compiled init with an rbg key (XLA's bit generator: quick to compile on CPU)."""
+    return jax.jit(module.init)(jax.random.key(1, impl="rbg"), *args)
+
+
 def _module_params(neighbors, layers, d, **kwargs):
     module = pdn.DiffusionModule(neighbors, layers, **kwargs)
     return jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, d)))["params"]
@@ -85,10 +90,10 @@ def test_ring_structure_holds_at_init_and_after_training_steps():
     """Spatial group e reaches a site only through the 8e cells at Chebyshev distance e; depth group only the site."""
     rings, d, size, site = 2, 3, 13, (6, 6)
     layer = pdn.DiffusedLSTMLayer(rings, init_std=0.3)
-    keys = jax.random.split(jax.random.PRNGKey(0), rings + 3)
+    keys = jax.random.split(jax.random.PRNGKey(0), rings + 2)
     hidden = [jax.random.normal(k, (1, size, size, d)) for k in keys[:rings + 1]]
-    memory = jax.random.normal(keys[-2], (1, size, size, d, rings + 1))
-    params = layer.init(keys[-1], hidden, memory)["params"]
+    memory = jax.random.normal(keys[-1], (1, size, size, d, rings + 1))
+    params = _init(layer, hidden, memory)["params"]
     rows, cols = np.mgrid[:size, :size]
     distance = np.maximum(np.abs(rows - site[0]), np.abs(cols - site[1]))
 
@@ -107,6 +112,7 @@ def test_ring_structure_holds_at_init_and_after_training_steps():
     optimizer = optax.adam(0.05)
     opt_state = optimizer.init(params)
     step = jax.jit(lambda p, s: optimizer.update(jax.grad(loss_fn)(p), s, p))
+    loss_fn = jax.jit(loss_fn)
     start = loss_fn(params)
     trained = params
     for _ in range(4):
@@ -126,7 +132,7 @@ def test_module_receptive_field_is_the_square_of_radius_layers_times_rings(neigh
     site = (size // 2, size // 2)
     module = pdn.DiffusionModule(neighbors, layers, init_std=0.3)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, d))
-    variables = module.init(jax.random.PRNGKey(1), x)
+    variables = _init(module, x)
     rows, cols = np.mgrid[:size, :size]
     distance = np.maximum(np.abs(rows - site[0]), np.abs(cols - site[1]))
     at_site = lambda x: jnp.stack([h[0, site[0], site[1]].sum() for h in module.apply(variables, x)])
@@ -137,10 +143,10 @@ def test_module_receptive_field_is_the_square_of_radius_layers_times_rings(neigh
 
 
 def test_conv_and_shifted_implementations_agree():
-    module = pdn.DiffusionModule(24, 3, init_std=0.2)
+    module = pdn.DiffusionModule(24, 2, init_std=0.2)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 6))
-    variables = module.init(jax.random.PRNGKey(1), x)
-    shifted = pdn.DiffusionModule(24, 3, init_std=0.2, impl="shifted")
+    variables = _init(module, x)
+    shifted = pdn.DiffusionModule(24, 2, init_std=0.2, impl="shifted")
     for a, b in zip(jax.jit(module.apply)(variables, x), jax.jit(shifted.apply)(variables, x)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     grad = lambda m: jax.jit(jax.grad(lambda v: sum(jnp.sum(h ** 2) for h in m.apply(v, x))))(variables)
@@ -151,12 +157,12 @@ def test_module_outputs_and_first_layer_copies():
     d = 4
     module = pdn.DiffusionModule(8, 2, init_std=0.2)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 7, d))
-    variables = module.init(jax.random.PRNGKey(1), x)
+    variables = _init(module, x)
     outs = jax.jit(module.apply)(variables, x)
     assert len(outs) == 2 and all(o.shape == (2, 6, 7, d) and o.dtype == jnp.float32 for o in outs)
     # Layer 1 by hand: every hidden group is x, memories are 0, so M = i*c and H = o*tanh(M).
     layer = pdn.DiffusedLSTMLayer(1, init_std=0.2)
-    manual, memory = layer.apply({"params": variables["params"]["layer1"]}, [x, x], jnp.zeros((2, 6, 7, d, 2)))
+    manual, memory = jax.jit(layer.apply)({"params": variables["params"]["layer1"]}, [x, x], jnp.zeros((2, 6, 7, d, 2)))
     np.testing.assert_allclose(outs[0], manual[0], atol=1e-6)
     p = variables["params"]["layer1"]
     pre = x[..., None] * p["depth_centre"] + p["depth_bias"]  # depth LSTM, gates (i, f, o, c) on the last axis
@@ -171,7 +177,7 @@ def test_module_outputs_and_first_layer_copies():
 def test_module_computes_in_bfloat16_with_float32_params():
     module = pdn.DiffusionModule(24, 2, dtype=jnp.bfloat16, init_std=0.2)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 4))
-    variables = module.init(jax.random.PRNGKey(1), x)
+    variables = _init(module, x)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(variables))
     outs = jax.jit(module.apply)(variables, x)
     reference = jax.jit(pdn.DiffusionModule(24, 2, init_std=0.2).apply)(variables, x)
@@ -187,8 +193,8 @@ import jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from difnet_jax.models import pdn
 assert jax.device_count() == 4, jax.devices()
-module = pdn.DiffusionModule(24, 4, init_std=0.2)
-x = jax.random.normal(jax.random.PRNGKey(0), (8, 9, 9, 6))
+module = pdn.DiffusionModule(24, 2, init_std=0.2)
+x = jax.random.normal(jax.random.PRNGKey(0), (8, 9, 9, 4))
 variables = module.init(jax.random.PRNGKey(1), x)
 loss = lambda v, x: sum(jnp.mean(h ** 2) for h in module.apply(v, x))
 reference = jax.jit(module.apply)(variables, x)
@@ -230,7 +236,7 @@ def test_pdn_shapes_for_every_depth_with_one_and_two_modules(depth):
         assert logits.shape == (2, size, size, K) and logits.dtype == jnp.float32
         assert intermediates["score_map"].shape == (2, grid, grid, K)
         assert len(intermediates["layer_logits"]) == 4 * modules
-        assert all(l.shape == (2, grid, grid, K) and l.dtype == jnp.float32 for l in intermediates["layer_logits"])
+        assert all(z.shape == (2, grid, grid, K) and z.dtype == jnp.float32 for z in intermediates["layer_logits"])
         sites = pdn.module_sites(depth, modules)
         assert sorted(variables["params"]) == sorted(["backbone", "aspp", *(f"diffusion_{s}" for s in sites)])
         for site in sites:
@@ -288,22 +294,22 @@ def test_loss_counts_each_term_once_and_weight_zero_removes_the_layer_terms(tiny
     assert layer_sum > 8 * 0.5  # real cross-entropies, not zeros
     np.testing.assert_allclose(float(total), float(terms["ce"]) + 0.5 * layer_sum, rtol=1e-6)
 
-    def grads(params):  # one compilation for the three weights and the final cross-entropy alone
-        outputs = lambda p: model.apply({**variables, "params": p}, batch["image"], train=False)
-        by_weight = [jax.grad(lambda p, w=w: pdn.loss(outputs(p), batch, _model_cfg(w, modules=2))[0])(params)
-                     for w in (0.0, 1.0, 0.5)]
-        return (*by_weight, jax.grad(lambda p: losses.cross_entropy(outputs(p)[0], batch["label"]))(params))
+    one_module, one_variables = _tiny_pdn(modules=1), tiny_variables[1]
 
-    zero, one, half, ce_only = jax.jit(grads)(variables["params"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), zero, ce_only)
-    for site in ("layer3_1", "layer4_1"):
-        classifiers = [f"classifier{t}" for t in range(1, 5)]
-        for name in classifiers:  # the intermediate classifiers feed nothing but their own term
-            assert float(jnp.abs(zero[f"diffusion_{site}"][name]["kernel"]).max()) == 0.0
-            assert float(jnp.abs(one[f"diffusion_{site}"][name]["kernel"]).max()) > 0.0
-            np.testing.assert_allclose(half[f"diffusion_{site}"][name]["kernel"],
-                                       0.5 * one[f"diffusion_{site}"][name]["kernel"], rtol=1e-4, atol=1e-9)
+    def grads(params):  # weights 0 and 1 in one compilation, on the 1M model
+        outputs = lambda p: one_module.apply({**one_variables, "params": p}, batch["image"], train=False)
+        return [jax.grad(lambda p, w=w: pdn.loss(outputs(p), batch, _model_cfg(w))[0])(params) for w in (0.0, 1.0)]
 
+    zero, one = jax.jit(grads)(one_variables["params"])
+    max_abs = lambda tree: max(float(jnp.abs(a).max()) for a in jax.tree.leaves(tree))
+    for t in range(1, 5):  # each intermediate classifier feeds nothing but its own term
+        assert max_abs(zero["diffusion_layer4_1"][f"classifier{t}"]) == 0.0
+        assert max_abs(one["diffusion_layer4_1"][f"classifier{t}"]) > 0.0
+    # The final head sees only the final cross-entropy; the backbone below the module sees both (the
+    # layer terms' share is small at the paper's N(0, 0.01) init, but ~100x above float32 rounding).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), zero["aspp"], one["aspp"])
+    layer_part = jax.tree.map(lambda a, b: a - b, one["backbone"]["layer3_1"], zero["backbone"]["layer3_1"])
+    assert max_abs(layer_part) > 1e-5 * max_abs(zero["backbone"]["layer3_1"])
 
 def test_short_training_lowers_every_loss_term(tiny_variables):
     model, batch, cfg, variables = _tiny_pdn(), _batch(), _model_cfg(1.0), tiny_variables[1]
@@ -367,7 +373,7 @@ def test_family_defaults_check_build_backbones_and_extra_predictions():
 def test_valid_receptive_field_has_the_module_support_and_plots(tmp_path, tiny_variables):
     module = pdn.DiffusionModule(8, 2, init_std=0.3)
     image = jax.random.normal(jax.random.PRNGKey(0), (15, 15, 3))
-    variables = module.init(jax.random.PRNGKey(1), image[None])
+    variables = _init(module, image[None])
     apply_fn = lambda x: module.apply(variables, x)[-1]  # (1, h, w, 3) "scores"
     field = valid_receptive_field(apply_fn, image, (7, 7))
     assert field.shape == (15, 15) and field.dtype == np.float32
