@@ -113,6 +113,15 @@ def loader_rate(source, workers: int, batches: int, batch_size: int, crop_size: 
     return batch_size * batches / (time.perf_counter() - start)
 
 
+def cpu_seconds_per_image(source, crop_size: int, count: int = 8) -> float:
+    """CPU time (this process, so less sensitive to other jobs than wall time) to decode and augment one image."""
+    transform, rng = pipeline.TrainTransform(crop_size), np.random.default_rng(0)
+    start = time.process_time()
+    for index in range(count):
+        transform.random_map(source[index % len(source)], rng)
+    return (time.process_time() - start) / count
+
+
 def step_rate(dataset: str, depth: int, batch_size: int) -> float:
     config = GET_CONFIG[dataset](f"difnet{depth}")
     crop = config.data.crop_size
@@ -147,6 +156,9 @@ def main(argv):
         source = pipeline.source(dataset, "train", data_dir)
         rates = {w: loader_rate(source, int(w), _BATCHES.value, batch_size, crop) for w in _WORKERS.value}
         rows = [f"| grain train loader, {w} worker(s) | {rate:.1f} |" for w, rate in rates.items()]
+        cpu_seconds = cpu_seconds_per_image(source, crop)
+        rows.append(f"| decode + augment in one thread: {cpu_seconds:.2f} CPU s per image, i.e. per free core | "
+                    f"{1 / cpu_seconds:.1f} |")
     device = jax.devices()[0]
     rows += [f"| DifNet-{d} train step (fwd+bwd, batch {batch_size}, {device.platform}) | "
              f"{step_rate(dataset, int(d), batch_size):.2f} |" for d in _DEPTHS.value if d]
