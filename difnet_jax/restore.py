@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax import config_compat, train
 from difnet_jax.config_checks import check_config
+from difnet_jax.data import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def _fill_missing(saved: dict, defaults: dict) -> dict:
 
 def dataset_class_names(config: ml_collections.ConfigDict) -> list[str]:
     """Class names from the dataset builder's metadata; the dataset need not be prepared."""
-    builder = tfds.builder(config.data.name, data_dir=config.data.data_dir or None, file_format="array_record")
+    builder = tfds.builder(pipeline.builder_name(config.data.name), data_dir=config.data.data_dir or None,
+                           file_format="array_record")
     return list(builder.info.metadata["class_names"])
 
 

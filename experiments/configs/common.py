@@ -18,6 +18,7 @@ canvas and evaluation mode from the dataset.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import ml_collections
@@ -130,4 +131,7 @@ def get_config(arg: str, dataset: Dataset) -> ml_collections.ConfigDict:
             train.eval_every = train.checkpoint_every = 2000
             for key, value in dataset.imagenet_overrides.get(model.name, {}).items():
                 variants.set_key(config, key, value)
+    own = model[model.name]
+    if "affinity_stats" in own and not own.affinity_stats:  # written by `python -m experiments.affinity_stats`
+        own.affinity_stats = os.path.join("affinity_stats", f"{data.name}.json")
     return config

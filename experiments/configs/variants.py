@@ -16,19 +16,36 @@ import ml_collections
 from difnet_jax.models import FAMILIES
 
 DEPTHS = (18, 34, 50, 101)
+PAPER_AFFINITY_RATES = (8, (12, 24), 16)  # pixels; (12, 24) means both (12, 24) and (24, 12)
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     **{f"difnet{d}": ("difnet", {"depth": d}) for d in DEPTHS},
     "difnet50_noaspp": ("difnet", {"depth": 50, "difnet.aspp": False}),
     "difnet50_no24": ("difnet", {"depth": 50, "difnet.walks": (1, 3, 5)}),
     **{f"simdeeplab{d}": ("simdeeplab", {"depth": d}) for d in DEPTHS},
+    # PDN: E = 1 ("8NB") or 2 ("24NB") rings of neighbours, one ("1M") or two ("2M") modules.
+    **{f"pdn{d}_{n}nb_{m}m": ("pdn", {"depth": d, "pdn.neighbors": n, "pdn.modules": m})
+       for d in DEPTHS for n in (8, 24) for m in (1, 2)},
+    # DeepLabv3+ (output stride 16 in training, 8 in evaluation), and with Dilated Affinity's head
+    # and loss at the paper's best rates R = {8, (12, 24), 16} (its Table 2).
+    **{f"deeplabv3plus{d}": ("deeplabv3plus", {"depth": d}) for d in DEPTHS},
+    **{f"deeplabv3plus{d}_affinity": ("deeplabv3plus", {"depth": d,
+                                                         "deeplabv3plus.affinity_rates": PAPER_AFFINITY_RATES})
+       for d in DEPTHS},
 }
 
 # Family -> overrides of its own keys under `synthetic` (the shared keys shrink for every family).
-SYNTHETIC: dict[str, dict[str, Any]] = {}
+SYNTHETIC: dict[str, dict[str, Any]] = {
+    "pdn": {"d": 64},  # the module's width, 256 in the paper, for a width-16 ResNet
+    "deeplabv3plus": {"aspp_rates": (1, 2, 3)},  # at output stride 16: a 6x6 grid of an 81 crop
+}
 
 # Family -> train overrides under `imagenet` (the lr groups: pretrained x1, new layers x new_lr_scale).
-IMAGENET: dict[str, dict[str, Any]] = {}
+IMAGENET: dict[str, dict[str, Any]] = {
+    "pdn": {"train.lr": 2.5e-4},  # PDN's fine-tuning: 2.5e-4 pretrained, x10 = 2.5e-3 new layers (Sec. 4.1)
+    # DeepLabv3+'s recipe (Dilated Affinity Sec. 4.1 defers to it): lr 7e-3 with poly decay on every layer.
+    "deeplabv3plus": {"train.lr": 7e-3, "train.new_lr_scale": 1.0},
+}
 
 
 def set_key(config: ml_collections.ConfigDict, dotted: str, value) -> None:

@@ -15,7 +15,11 @@ from experiments.configs.common import MODIFIERS  # noqa: F401  (part of this fi
 from experiments.configs.variants import DEPTHS, VARIANTS  # noqa: F401
 
 VOC_TRAIN_IMAGES = 10_582
-DATASET = common.Dataset(name="voc_aug", train_images=VOC_TRAIN_IMAGES)
+DATASET = common.Dataset(
+    name="voc_aug", train_images=VOC_TRAIN_IMAGES,
+    # Dilated Affinity (Sec. 4.1): DeepLabv3+ fine-tunes 30K steps at crop 513, batch 16.
+    imagenet_overrides={"deeplabv3plus": {"train.num_steps": 30_000, "data.crop_size": 513}},
+)
 
 
 def get_config(arg: str = "difnet50") -> ml_collections.ConfigDict:
