@@ -38,6 +38,7 @@ from difnet_jax.constants import IGNORE_LABEL
 
 Rate = tuple[int, int]
 WEIGHTINGS = ("none", "signal", "neighbor", "sqrt")  # the paper's Table 1
+BEST_RATES = (8, (12, 24), 16)  # the paper's best set R on VOC (Table 2), in `expand_rates` notation
 NEEDS_STATS = ("signal", "neighbor", "sqrt")
 NUM_CATEGORIES = 9  # n0 .. n8
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import crf, mechanism, metrics, restore, timing
+from difnet_jax import affinity, crf, mechanism, metrics, restore, timing
 from difnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
 from difnet_jax.data import pipeline
 from difnet_jax.evaluator import EvalOptions, EvalResult, Evaluator, Refinement, eval_batches_with_sizes, head_mious
@@ -55,6 +55,34 @@ def crf_postprocess(params: crf.CRFParams) -> Callable[[jax.Array, np.ndarray, n
 
     return postprocess
 
+
+
+def propagation_refinements(model: ml_collections.ConfigDict, iterations: Sequence[int] = (),
+                            oracle_iterations: Sequence[int] = (), *, lam: float = 6.0,
+                            mu: float = 7.0) -> dict[str, Refinement]:
+    """Affinity propagation (Dilated Affinity, Eq. 6-7) as evaluator heads, one per iteration count T.
+
+    'propagate_T<T>' refines the final probabilities with the model's own predicted affinity
+    (`intermediates['affinity_logits']` through the steep sigmoid mu^x / (1 + mu^x)), at the
+    rates of its affinity head; 'oracle_T<T>' with the ground-truth affinity of the labels
+    (Tables 3-4, "refine with ground truth"), which works for any model, at the model's affinity
+    rates or else the paper's best set R = {8, (12, 24), 16}. Pairs touching void or padding
+    have affinity 0 in the oracle.
+    """
+    own = model.get(model.name, ml_collections.ConfigDict())
+    model_rates = affinity.expand_rates(tuple(own.get("affinity_rates", ())))
+    if iterations and not model_rates:
+        raise ValueError(f"--propagate needs a model with an affinity head (a *_affinity variant); {model.name!r} "
+                         "has none. --propagate_oracle works for every model.")
+    oracle_rates = model_rates or affinity.expand_rates(affinity.BEST_RATES)
+    refinements: dict[str, Refinement] = {}
+    for t in iterations:
+        refinements[f"propagate_T{t}"] = lambda probs, intermediates, images, labels, t=t: affinity.propagate(
+            probs, affinity.steep_sigmoid(intermediates["affinity_logits"], mu), model_rates, lam=lam, iterations=t)
+    for t in oracle_iterations:
+        refinements[f"oracle_T{t}"] = lambda probs, intermediates, images, labels, t=t: affinity.propagate(
+            probs, affinity.ground_truth_affinity(labels, oracle_rates), oracle_rates, lam=lam, iterations=t)
+    return refinements
 
 
 def report_basename(split: str, step: int, scales: Sequence[float], flip: bool, use_crf: bool,
@@ -170,11 +198,14 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
                      split: str | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                      mode: str | None = None, stride: int | None = None,
                      crf_params: crf.CRFParams | None = None,
-                     refinements: Mapping[str, Refinement] | None = None, save_predictions_npz: bool = False,
+                     propagate: Sequence[int] = (), propagate_oracle: Sequence[int] = (),
+                     save_predictions_npz: bool = False,
                      batch_size: int | None = None, log_every: int = 5) -> tuple[dict[str, Any], list[str]]:
     """Restores a run, evaluates `split` (default: config.data.eval_split) and writes the report.
 
-    `mode`/`stride` override config.data.eval_mode/eval_stride. The same `Evaluator` as
+    `mode`/`stride` override config.data.eval_mode/eval_stride; `propagate` and
+    `propagate_oracle` list iteration counts of affinity propagation, each reported as a
+    head (`propagation_refinements`). The same `Evaluator` as
     the training loop's, so the default settings reproduce the in-training mIoU.
     Returns (report, written paths). The report's 'heads' holds the mIoU of every extra
     head (PDN's layers) and refinement. With `crf_params` its 'timing' holds the dense
@@ -187,6 +218,7 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     batch_size = batch_size or config.train.eval_batch_size
     data_source = pipeline.source(config.data.name, split, config.data.data_dir)
     options = EvalOptions.from_config(config.data, scales=scales, flip=flip, mode=mode, stride=stride)
+    refinements = propagation_refinements(config.model, propagate, propagate_oracle)
     evaluator = Evaluator(run.model, run.trainer.family, len(run.class_names), options,
                           data_sharding=run.trainer.data_sharding, refinements=refinements,
                           postprocess=crf_postprocess(crf_params) if crf_params else None)
@@ -206,6 +238,8 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     if crf_params:
         report["timing"] = crf_timing(crf_params, options.eval_size, len(run.class_names), data_source)
     basename = report_basename(split, run.step, options.scales, flip, crf_params is not None, options.mode)
+    if refinements:
+        basename += "_propagate"
     paths = list(write_report(report, workdir, basename))
     if save_predictions_npz and result.predictions is not None:
         paths.append(os.path.join(workdir, basename + "_predictions.npz"))

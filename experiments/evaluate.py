@@ -4,6 +4,7 @@
   python -m experiments.evaluate --workdir=runs/difnet18_synthetic --scales=0.5,0.75,1.0,1.25,1.5,1.75 --flip
   python -m experiments.evaluate --workdir=runs/simdeeplab18_synthetic --crf
   python -m experiments.evaluate --workdir=runs/city50 --mode=sliding --stride=513
+  python -m experiments.evaluate --workdir=runs/dl3p18_affinity --propagate=1,3,6,10 --propagate_oracle=1,3,10
 
 The run's config comes from WORKDIR/config.json unless --config is given. Writes
 WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf].{json,md} (and _predictions.npz with
@@ -33,6 +34,10 @@ _FLIP = flags.DEFINE_bool("flip", False, "Also average over horizontally flipped
 _MODE = flags.DEFINE_enum("mode", None, list(EVAL_MODES),
                           "Canvas: pad (every image to data.eval_size), whole (each batch to its largest image) or "
                           "sliding (crop-sized windows over it); default config.data.eval_mode.")
+_PROPAGATE = flags.DEFINE_list("propagate", [], "Iteration counts T of affinity propagation with the model's own "
+                                "affinity (Dilated Affinity Eq. 6; *_affinity variants), e.g. 1,3,6,10.")
+_PROPAGATE_ORACLE = flags.DEFINE_list("propagate_oracle", [], "Iteration counts T of propagation with the ground-"
+                                      "truth affinity (the paper's oracle; any model), e.g. 1,3,6,10.")
 _STRIDE = flags.DEFINE_integer("stride", None, "Pixels between sliding windows; default config.data.eval_stride.")
 _CRF = flags.DEFINE_bool("crf", False, "Dense-CRF post-processing (Sim-DeepLab + CRF of Table 1).")
 _CRF_ITERATIONS = flags.DEFINE_integer("crf_iterations", 10, "Mean-field iterations of the dense CRF.")
@@ -56,6 +61,7 @@ def main(argv):
     report, paths = evaluate_workdir(
         _WORKDIR.value, config=config, step=_STEP.value, split=_SPLIT.value,
         scales=[float(s) for s in _SCALES.value], flip=_FLIP.value, mode=_MODE.value, stride=_STRIDE.value,
+        propagate=[int(t) for t in _PROPAGATE.value], propagate_oracle=[int(t) for t in _PROPAGATE_ORACLE.value],
         crf_params=crf_params,
         save_predictions_npz=_SAVE_PREDICTIONS.value, batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
     )

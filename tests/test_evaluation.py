@@ -227,3 +227,31 @@ def test_old_config_json_gets_new_keys_from_the_defaults(tiny_workdir, tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = run_config(str(tmp_path), data_dir="/elsewhere")
     assert config.train.keep_checkpoints == 3 and config.model.width == 8 and config.data.data_dir == "/elsewhere"
+
+
+def test_affinity_propagation_heads_in_one_evaluation(tiny_workdir):
+    """--propagate_oracle works for any model (here DifNet): each T is one more head of the same pass."""
+    report, paths = evaluate.evaluate_workdir(tiny_workdir, propagate_oracle=(1, 3), batch_size=8)
+    assert set(report["heads"]) == {"oracle_T1", "oracle_T3"} and paths[0].endswith("_propagate.json")
+    assert all(0.0 <= value <= 1.0 for value in report["heads"].values())
+    with pytest.raises(ValueError, match="affinity head.*--propagate_oracle works for every model"):
+        evaluate.evaluate_workdir(tiny_workdir, propagate=(1,))
+
+
+def test_propagation_refinements_are_eq6_with_the_models_or_the_true_affinity():
+    from difnet_jax import affinity
+    from experiments.configs.voc import get_config
+
+    model = get_config("deeplabv3plus18_affinity,synthetic").model
+    rates = affinity.expand_rates(tuple(model.deeplabv3plus.affinity_rates))
+    refinements = evaluate.propagation_refinements(model, (2,), (3,), lam=5.0, mu=7.0)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    probs = jax.nn.softmax(jax.random.normal(keys[0], (1, 40, 40, 4)))
+    logits = jax.random.normal(keys[1], (1, 40, 40, 8 * len(rates)))
+    labels = jax.random.randint(keys[2], (1, 40, 40), 0, 4)
+    own = refinements["propagate_T2"](probs, {"affinity_logits": logits}, None, labels)
+    np.testing.assert_allclose(own, affinity.propagate(probs, affinity.steep_sigmoid(logits, 7.0), rates, lam=5.0,
+                                                       iterations=2), atol=1e-6)
+    oracle = refinements["oracle_T3"](probs, {}, None, labels)
+    np.testing.assert_allclose(oracle, affinity.propagate(probs, affinity.ground_truth_affinity(labels, rates), rates,
+                                                          lam=5.0, iterations=3), atol=1e-6)

@@ -13,10 +13,11 @@ from typing import Any
 
 import ml_collections
 
+from difnet_jax import affinity
 from difnet_jax.models import FAMILIES
 
 DEPTHS = (18, 34, 50, 101)
-PAPER_AFFINITY_RATES = (8, (12, 24), 16)  # pixels; (12, 24) means both (12, 24) and (24, 12)
+PAPER_AFFINITY_RATES = affinity.BEST_RATES  # pixels; (12, 24) means both (12, 24) and (24, 12)
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     **{f"difnet{d}": ("difnet", {"depth": d}) for d in DEPTHS},
