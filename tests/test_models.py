@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from difnet_jax import diffusion
-from difnet_jax.models import DifNet, SimDeepLab, build_model
+from difnet_jax.models import FAMILIES, DifNet, SimDeepLab, build_model
 from difnet_jax.models.difnet import adaptive_max_pool
 from difnet_jax.models.resize import resize_bilinear
 from experiments.configs.voc import VARIANTS, get_config
@@ -77,3 +77,42 @@ def test_resize_aligns_corners_and_interpolates_linearly():
     out = resize_bilinear(grid, (17, 9))
     np.testing.assert_allclose(out[0, :, 0, 0], np.linspace(0, 2, 17), atol=1e-6)
     np.testing.assert_allclose(out[0, 0], 0.0)
+
+
+def test_transition_affinity_is_log_n_times_the_walks_transition_probability():
+    """model.difnet.affinity_on_transitions reads log(N P_ij) for grid neighbours; checked against P itself."""
+    from difnet_jax.models import difnet
+
+    grid, rates = (5, 6), ((1, 1), (1, 2), (2, 1))
+    psi = jax.random.normal(jax.random.PRNGKey(0), (2, 30, 4))
+    got = np.asarray(difnet.transition_affinity_logits(psi, grid, rates))
+    transitions = np.asarray(diffusion.transition_matrix(psi))
+    offsets = [(s, t) for r in rates for s in (-r[0], 0, r[0]) for t in (-r[1], 0, r[1]) if (s, t) != (0, 0)]
+    assert got.shape == (2, 5, 6, len(offsets))
+    for b in range(2):
+        for i in range(5):
+            for j in range(6):
+                for c, (s, t) in enumerate(offsets):
+                    if 0 <= i + s < 5 and 0 <= j + t < 6:
+                        expected = np.log(30 * transitions[b, i * 6 + j, (i + s) * 6 + j + t])
+                        np.testing.assert_allclose(got[b, i, j, c], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_transition_affinity_term_only_when_asked():
+    from experiments.configs.voc import get_config as voc_config
+
+    config = voc_config("difnet18,synthetic")
+    config.model.width, config.model.aspp_rates = 4, (1,)
+    model = build_model(config.model, K)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 33, 33, 3))
+    labels = np.zeros((2, 33, 33), np.int32)
+    labels[:, :, 17:] = 1
+    variables = model.init(jax.random.PRNGKey(1), x, train=False)
+    outputs = model.apply(variables, x, train=False)
+    total, terms = FAMILIES["difnet"].loss(outputs, {"image": x, "label": labels}, config.model)
+    assert set(terms) == {"ce"} and float(total) == float(terms["ce"])
+    config.model.difnet.affinity_on_transitions = True
+    config.model.difnet.transition_affinity_beta = 0.5
+    total, terms = FAMILIES["difnet"].loss(outputs, {"image": x, "label": labels}, config.model)
+    assert set(terms) == {"ce", "transition_affinity"} and np.isfinite(float(terms["transition_affinity"]))
+    np.testing.assert_allclose(float(total), float(terms["ce"] + 0.5 * terms["transition_affinity"]), rtol=1e-6)

@@ -23,7 +23,7 @@ __all__ = ["DeepLabV3Plus", "DifNet", "PDN", "SimDeepLab", "ResNet", "ResNet18",
            "ResNet101", "FAMILIES", "Family", "build_model", "family_of", "pretrained_backbones"]
 
 FAMILIES: dict[str, Family] = {
-    "difnet": Family(build=difnet.build, loss=segmentation_loss, backbones=difnet.backbones, check=difnet.check,
+    "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
                      defaults=difnet.defaults),
     "simdeeplab": Family(build=deeplab.build, loss=segmentation_loss, backbones=deeplab.backbones,
                          check=deeplab.check, defaults=deeplab.defaults),

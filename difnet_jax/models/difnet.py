@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import diffusion
+from difnet_jax import affinity, diffusion, losses
 from difnet_jax.config_errors import positive_int, require
-from difnet_jax.constants import COMPUTE_DTYPES
+from difnet_jax.constants import COMPUTE_DTYPES, OUTPUT_STRIDE
 from difnet_jax.models import family
 from difnet_jax.models.aspp import ASPP, class_conv
 from difnet_jax.models.resize import resize_bilinear
@@ -89,7 +90,8 @@ class DifNet(nn.Module):
     """DifNet-`depth`; returns (logits (B, H, W, K), intermediates).
 
     intermediates: 'score_map' x, 'importance' M, 'seed' s (all (B, h', w', .)),
-    'walks' (y_1..y_T, each (B, h', w', K)), 'mu' and 'beta' ((T,)).
+    'psis' (Psi_1..Psi_T, each (B, N, C)), 'walks' (y_1..y_T, each (B, h', w', K)),
+    'mu' and 'beta' ((T,)).
     `walks` picks which of the five taps get a random walk, in order, e.g. (1, 3, 5)
     for the paper's ablation without the 2nd and 4th walks. `frozen_bn_backbones` names
     the backbones ("seed_backbone", "similarity_backbone") whose BatchNorm is frozen.
@@ -161,6 +163,7 @@ class DifNet(nn.Module):
         logits = resize_bilinear(y, images.shape[1:3])
         return logits, {
             **seeds,
+            "psis": tuple(psis),
             "walks": tuple(steps),
             "mu": nn.sigmoid(self.mu_logits),
             "beta": nn.sigmoid(self.beta_logits),
@@ -173,6 +176,64 @@ class DifNet(nn.Module):
 BRANCHES = {"both": DifNet.backbones, "seed": ("seed_backbone",), "similarity": ("similarity_backbone",)}
 
 
+def grid_labels(labels: jnp.ndarray, grid: tuple[int, int]) -> jnp.ndarray:
+    """The labels at the seed grid's cells: pixel (8i, 8j) of an 8k + 1 image (the cell centres)."""
+    rows = np.minimum(np.arange(grid[0]) * OUTPUT_STRIDE, labels.shape[1] - 1)
+    cols = np.minimum(np.arange(grid[1]) * OUTPUT_STRIDE, labels.shape[2] - 1)
+    return labels[:, rows][:, :, cols]
+
+
+def grid_rates(rates_in_pixels) -> tuple[tuple[int, int], ...]:
+    """Dilated-affinity rates in pixels -> the same offsets in seed-grid cells (at least one cell)."""
+    return tuple((max(1, round(a / OUTPUT_STRIDE)), max(1, round(b / OUTPUT_STRIDE)))
+                 for a, b in affinity.expand_rates(tuple(rates_in_pixels)))
+
+
+def transition_affinity_logits(psi: jnp.ndarray, grid: tuple[int, int], rates) -> jnp.ndarray:
+    """The affinity a random walk's transition matrix P = softmax(Psi Psi^T) gives neighbouring cells, as logits.
+
+    Our definition (the papers give none): for cell i and its neighbour j at each offset of
+    `rates` (grid cells, `affinity` layout, (B, h', w', 8|R|)), logit = log(N P_ij) =
+    Psi_i.Psi_j - logsumexp_k Psi_i.Psi_k + log N, so sigmoid(logit) = N P_ij / (1 + N P_ij)
+    is 1/2 when the walk steps from i to j with the uniform probability 1/N and tends to 1
+    (0) as it steps there much more (less) often. The dilated-affinity loss on it asks the
+    walk to favour same-class neighbours over the average cell and to avoid other classes;
+    it does not fix P's scale. Costs one N x N product per walk (the dense cascade's).
+    """
+    batch, cells, channels = psi.shape
+    height, width = grid
+    psi = psi.astype(jnp.float32)
+    normaliser = jax.nn.logsumexp(jnp.einsum("bnc,bmc->bnm", psi, psi), axis=-1).reshape(batch, height, width)
+    cells_grid = psi.reshape(batch, height, width, channels)
+    pad = (max(r[0] for r in rates), max(r[1] for r in rates))
+    padded = jnp.pad(cells_grid, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))
+    logits = []
+    for rate in rates:
+        for s, t in affinity.neighbour_offsets(rate):
+            neighbour = padded[:, pad[0] + s : pad[0] + s + height, pad[1] + t : pad[1] + t + width]
+            logits.append((cells_grid * neighbour).sum(-1) - normaliser + np.log(cells))
+    return jnp.stack(logits, axis=-1)
+
+
+def loss(outputs, batch, model: ml_collections.ConfigDict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """Cross-entropy of the final output (the paper's only loss); with `model.difnet.affinity_on_transitions`
+    plus beta times the dilated-affinity loss (plain binary cross-entropy, `affinity.affinity_loss`
+    with weighting 'none') on every walk's `transition_affinity_logits`, averaged over the walks,
+    against the labels at the seed grid's cells: terms {'ce'[, 'transition_affinity']}."""
+    logits, intermediates = outputs
+    ce = losses.cross_entropy(logits, batch["label"])
+    own = model.difnet
+    if not own.get("affinity_on_transitions", False):
+        return ce, {"ce": ce}
+    grid = intermediates["seed"].shape[1:3]
+    rates = grid_rates(own.transition_affinity_rates)
+    labels = grid_labels(batch["label"], grid)
+    term = sum(affinity.affinity_loss(transition_affinity_logits(psi, grid, rates), labels, rates,
+                                      weighting="none", stats=None) for psi in intermediates["psis"])
+    term = term / len(intermediates["psis"])
+    return ce + own.transition_affinity_beta * term, {"ce": ce, "transition_affinity": term}
+
+
 def defaults() -> ml_collections.ConfigDict:
     """config.model.difnet: DifNet's own keys, the paper's values."""
     config = ml_collections.ConfigDict()
@@ -181,6 +242,10 @@ def defaults() -> ml_collections.ConfigDict:
     config.psi_channels = 64
     config.diffusion_backend = "auto"  # dense | chunked | fused | auto (fastest that fits; README)
     config.backbone_init_branches = "both"  # both | seed | similarity: the backbones backbone_init initialises
+    # Beyond the paper: supervise the walks' transitions with the dilated-affinity loss (see `loss`).
+    config.affinity_on_transitions = False
+    config.transition_affinity_rates = (8, 16)  # pixels, as the affinity head's; 1 and 2 seed-grid cells
+    config.transition_affinity_beta = 1.0
     return config
 
 
@@ -195,6 +260,16 @@ def check(model: ml_collections.ConfigDict) -> None:
             f"one of {diffusion.BACKENDS}")
     require(own.backbone_init_branches in BRANCHES, "model.difnet.backbone_init_branches",
             own.backbone_init_branches, f"one of {tuple(BRANCHES)}")
+    require(isinstance(own.get("affinity_on_transitions", False), bool), "model.difnet.affinity_on_transitions",
+            own.get("affinity_on_transitions"), "True or False")
+    if own.get("affinity_on_transitions", False):
+        try:
+            grid_rates(own.transition_affinity_rates)
+        except (ValueError, TypeError) as error:
+            require(False, "model.difnet.transition_affinity_rates", own.transition_affinity_rates,
+                    f"ints r and pairs (a, b) of ints, in pixels ({error})")
+        require(own.transition_affinity_beta >= 0, "model.difnet.transition_affinity_beta",
+                own.transition_affinity_beta, "a number >= 0")
 
 
 def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
