@@ -6,7 +6,8 @@ run under a device mesh with a 'data' axis: the state is replicated, the global
 batch is sharded over the devices, and BatchNorm statistics, computed by jit over
 the whole global batch, are synchronised for free. Orbax checkpoints hold the
 train state and the data iterator's position; a run resumes from its workdir.
-Every logged step and every evaluation is appended to WORKDIR/metrics.jsonl.
+Every logged step and every evaluation is appended to WORKDIR/metrics.jsonl and to
+TensorBoard event files in WORKDIR, with pictures of a few validation images at each evaluation.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from difnet_jax.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
 from difnet_jax.models import family_of, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
 from difnet_jax.preemption import StopRequests
+from difnet_jax.tensorboard import EventLog, ValidationPictures, last_steps, scalar_tags
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +182,46 @@ class Trainer:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to WORKDIR/metrics.jsonl (process 0 only)."""
+    """Appends one JSON object per line to WORKDIR/metrics.jsonl and mirrors it to TensorBoard (process 0 only).
+
+    metrics.jsonl is the source of truth; every record gets 'time', the seconds the run has
+    been training: counted from this log's creation (after data preparation and restore),
+    plus the last 'time' of earlier sessions when the run resumes (the time between that
+    record and the stop is not counted). The event files in WORKDIR
+    (`difnet_jax.tensorboard.EventLog`) get each record's numbers under its own keys, and the
+    pictures passed with it, at steps after the last one metrics.jsonl already holds for
+    that tag: a resumed run appends without repeating steps.
+    """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
-
-    def write(self, record: dict[str, Any]) -> None:
+        self.time_offset, self.events = 0.0, None
         if jax.process_index() == 0:
+            records = self.read(workdir) if os.path.exists(self.path) else []
+            self.time_offset = max([r["time"] for r in records if isinstance(r.get("time"), (int, float))],
+                                   default=0.0)
+            self.events = EventLog(workdir, last_steps(records))
+        self.start = time.perf_counter()
+
+    @staticmethod
+    def read(workdir: str) -> list[dict[str, Any]]:
+        """The records of WORKDIR/metrics.jsonl in order; a line that is not JSON (a write cut short) is skipped."""
+        path = os.path.join(workdir, "metrics.jsonl")
+        records = []
+        with open(path) as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    log.warning("%s line %d is not JSON; skipped.", path, number)
+        return records
+
+    def write(self, record: dict[str, Any], pictures: dict[str, np.ndarray] | None = None) -> None:
+        if jax.process_index() == 0:
+            record = {**record, "time": round(self.time_offset + time.perf_counter() - self.start, 3)}
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.events.write(record["step"], scalar_tags(record), pictures)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -286,13 +319,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         heads = head_mious(result)
         record = {"step": step, "val/miou": summary["miou"], "val/pixel_accuracy": summary["pixel_accuracy"],
                   "val/iou": summary["iou"], **{f"val/miou_{name}": value for name, value in heads.items()}}
-        metrics_log.write(record)
+        seconds = time.perf_counter() - start
+        metrics_log.write(record, pictures=pictures.render({"params": state.params, "batch_stats": state.batch_stats}))
         log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)%s", step, summary["miou"],
-                 summary["pixel_accuracy"], len(val_source), time.perf_counter() - start,
+                 summary["pixel_accuracy"], len(val_source), seconds,
                  "".join(f"; {name} {value:.4f}" for name, value in heads.items()))
         return record
 
     metrics_log = MetricsLog(workdir)
+    pictures = ValidationPictures(trainer.model, trainer.family, val_source, trainer.evaluator.options,
+                                  mesh=trainer.mesh)
     first_step = int(state.step)
     num_steps = train_cfg.num_steps
     log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s) of %d process(es).",

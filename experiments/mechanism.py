@@ -15,7 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import config_compat, crf, restore
+import difnet_jax
+from difnet_jax import config_compat, crf
 from difnet_jax.mechanism import run_study
 from experiments.run_config import run_config
 
@@ -52,9 +53,9 @@ def main(argv):
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     logging.getLogger("difnet_jax").setLevel(logging.INFO)
     config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
-    run = restore.load_run(_WORKDIR.value, config, _STEP.value)
+    trained = difnet_jax.load(_WORKDIR.value, _STEP.value, config=config)
     result = run_study(
-        run, num_images=_NUM_IMAGES.value, nodes=parse_nodes(_NODES.value), num_nodes=_NUM_NODES.value,
+        trained.run, num_images=_NUM_IMAGES.value, nodes=parse_nodes(_NODES.value), num_nodes=_NUM_NODES.value,
         split=_SPLIT.value, timing_size=_TIMING_SIZE.value, timing_runs=_TIMING_RUNS.value,
         crf_params=crf.CRFParams() if _TIME_CRF.value else None, skip_timing=_SKIP_TIMING.value,
         output_dir=_OUTPUT_DIR.value,

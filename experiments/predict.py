@@ -19,7 +19,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import config_compat, predict, restore
+import difnet_jax
+from difnet_jax import config_compat, predict
 from difnet_jax.evaluator import model_probabilities
 from experiments.run_config import run_config
 
@@ -48,13 +49,12 @@ def main(argv):
     if clashes and not _FORCE.value:  # Checked before the model is loaded: nothing is written.
         print("Refusing to overwrite (pass --force to allow):\n  " + "\n  ".join(clashes), file=sys.stderr)
         return 2
-    run = restore.load_run(_WORKDIR.value, run_config(_WORKDIR.value, _CONFIG.value), _STEP.value)
+    trained = difnet_jax.load(_WORKDIR.value, _STEP.value, config=run_config(_WORKDIR.value, _CONFIG.value))
     scales = tuple(float(s) for s in _SCALES.value)
-    variables = run.variables
-    probabilities_fn = lambda images: model_probabilities(run.model, variables, jax.numpy.asarray(images), scales,
-                                                          _FLIP.value)
-    summary = predict.predict_files(probabilities_fn, inputs, _OUTPUT.value, eval_size=run.config.data.eval_size,
-                                    force=_FORCE.value)
+    probabilities_fn = lambda images: model_probabilities(trained.model, trained.variables,
+                                                          jax.numpy.asarray(images), scales, _FLIP.value)
+    summary = predict.predict_files(probabilities_fn, inputs, _OUTPUT.value,
+                                    eval_size=trained.config.data.eval_size, force=_FORCE.value)
     print(f"Wrote {len(summary.written)} files for {len(summary.written) // 2} image(s) to {_OUTPUT.value}")
     for _, reason in summary.failed:
         print(f"FAILED {reason}", file=sys.stderr)
