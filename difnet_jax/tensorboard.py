@@ -8,7 +8,7 @@ the reader the tests check them with; it needs no TensorFlow, and a second write
 and the file closed again, so there is no background thread to close and a killed run loses
 nothing it logged.
 
-- `EventLog`: scalars and images of WORKDIR/events.out.tfevents.<time>.<host>.<pid>.difnet_jax,
+- `EventLog`: scalars and images of WORKDIR/events.out.tfevents.<time>.<host>.<pid>.<n>.difnet_jax,
   one file per session; a tag is written only at steps after the last one already logged
   (`last_steps` of metrics.jsonl), so a resumed run appends without repeating steps.
 - `scalar_tags`: a metrics.jsonl record -> {tag: value}; the tags are the record's keys, a
@@ -23,6 +23,7 @@ nothing it logged.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import socket
@@ -50,6 +51,7 @@ NUM_PICTURES = 4  # validation images drawn at each evaluation
 PICTURE_TAG = "val/pictures"  # + "/<index in the split>"
 HEADER_HEIGHT = 14  # pixels of the panel-name strip above each panel
 NOT_LOGGED = ("step", "time")  # metrics.jsonl keys that are no scalar of their own
+_SESSIONS = itertools.count()  # event files of this process: two sessions in one second get two files
 
 
 def scalar_tags(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -107,7 +109,8 @@ class EventLog:
 
     def _append(self, events: list[event_pb2.Event]) -> None:
         if self.path is None:
-            name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.difnet_jax"
+            name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+                    f"{next(_SESSIONS):03d}.difnet_jax")
             self.path = os.path.join(self.logdir, name)
             events = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"), *events]
         with open(self.path, "ab") as f:
@@ -216,14 +219,21 @@ class ValidationPictures:
         mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
         replicated = NamedSharding(mesh, P())
         self._canvas = jax.make_array_from_callback(canvas.shape, replicated, lambda index: canvas[index])
-        self._maps = jax.jit(lambda variables, images: picture_maps(model, family, variables, images),
-                             out_shardings=replicated)
+        self._panel_names: tuple[list[str], list[str]] = ([], [])
+
+        def maps(variables, images):  # lists, in the panels' order (a dict output would come back sorted)
+            labels, heat = picture_maps(model, family, variables, images)
+            self._panel_names = (list(labels), list(heat))  # known when traced
+            return list(labels.values()), list(heat.values())
+
+        self._maps = jax.jit(maps, out_shardings=replicated)
 
     def render(self, variables: dict[str, Any]) -> dict[str, np.ndarray]:
         """{'val/pictures/<index>': (H', W', 3) uint8 picture} for the current variables."""
         if self._canvas is None:
             return {}
-        labels, heat = jax.device_get(self._maps(variables, self._canvas))
+        label_maps, heat_maps = jax.device_get(self._maps(variables, self._canvas))
+        labels, heat = (dict(zip(names, maps)) for names, maps in zip(self._panel_names, (label_maps, heat_maps)))
         height, width = self._canvas.shape[1:3]
         pictures = {}
         for row, (index, image, label) in enumerate(zip(self.indices, self.images, self.labels)):

@@ -195,9 +195,13 @@ class MetricsLog:
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self.time_offset, self.events = 0.0, None
+        self.time_offset, self.events, self.line_cut_short = 0.0, None, False
         if jax.process_index() == 0:
             records = self.read(workdir) if os.path.exists(self.path) else []
+            if os.path.exists(self.path) and os.path.getsize(self.path):
+                with open(self.path, "rb") as f:  # a write cut short by a stop: the next record starts a line
+                    f.seek(-1, os.SEEK_END)
+                    self.line_cut_short = f.read(1) != b"\n"
             self.time_offset = max([r["time"] for r in records if isinstance(r.get("time"), (int, float))],
                                    default=0.0)
             self.events = EventLog(workdir, last_steps(records))
@@ -220,7 +224,8 @@ class MetricsLog:
         if jax.process_index() == 0:
             record = {**record, "time": round(self.time_offset + time.perf_counter() - self.start, 3)}
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(("\n" if self.line_cut_short else "") + json.dumps(record) + "\n")
+            self.line_cut_short = False
             self.events.write(record["step"], scalar_tags(record), pictures)
 
 
