@@ -142,15 +142,19 @@ def test_module_receptive_field_is_the_square_of_radius_layers_times_rings(neigh
         np.testing.assert_array_equal(support, distance <= (t + 1) * rings, err_msg=f"layer {t + 1}")
 
 
-def test_conv_and_shifted_implementations_agree():
+def test_patches_conv_and_shifted_implementations_agree():
     module = pdn.DiffusionModule(24, 2, init_std=0.2)
+    assert module.impl == "patches"
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 6))
     variables = _init(module, x)
-    shifted = pdn.DiffusionModule(24, 2, init_std=0.2, impl="shifted")
-    for a, b in zip(jax.jit(module.apply)(variables, x), jax.jit(shifted.apply)(variables, x)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
     grad = lambda m: jax.jit(jax.grad(lambda v: sum(jnp.sum(h ** 2) for h in m.apply(v, x))))(variables)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grad(module), grad(shifted))
+    reference, reference_grad = jax.jit(module.apply)(variables, x), grad(module)
+    assert float(jnp.abs(reference[-1]).max()) > 1e-3
+    for impl in ("conv", "shifted"):
+        other = pdn.DiffusionModule(24, 2, init_std=0.2, impl=impl)
+        for a, b in zip(jax.jit(other.apply)(variables, x), reference):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grad(other), reference_grad)
 
 
 def test_module_outputs_and_first_layer_copies():
@@ -344,17 +348,19 @@ def test_short_training_lowers_every_loss_term(tiny_variables):
 
 def test_family_defaults_check_build_backbones_and_extra_predictions():
     cfg = _model_cfg()
-    assert dict(pdn.defaults()) == {"neighbors": 24, "modules": 1, "d": 256, "layer_loss_weight": 1.0}
+    assert dict(pdn.defaults()) == {"neighbors": 24, "modules": 1, "d": 256, "layer_loss_weight": 1.0,
+                                    "impl": "patches"}
     pdn.check(cfg)
     for key, bad in (("neighbors", 12), ("neighbors", 0), ("modules", 3), ("d", 0), ("d", 2.5),
-                     ("layer_loss_weight", -1.0), ("layer_loss_weight", True)):
+                     ("layer_loss_weight", -1.0), ("layer_loss_weight", True), ("impl", "fft")):
         broken = _model_cfg()
         broken.pdn = ml_collections.ConfigDict({**pdn.defaults().to_dict(), key: bad})
         with pytest.raises(ConfigError, match=f"model.pdn.{key}"):
             pdn.check(broken)
-    cfg.pdn.update(neighbors=8, modules=2, d=16)
+    cfg.pdn.update(neighbors=8, modules=2, d=16, impl="conv")
     model = pdn.build(cfg, 5)
     assert (model.neighbors, model.num_modules, model.d, model.depth, model.width) == (8, 2, 16, 18, 4)
+    assert model.impl == "conv"
     assert model.dtype == np.float32 and not model.frozen_bn
     cfg.update(dtype="bfloat16", frozen_backbone_bn=True)
     assert pdn.build(cfg, 5).dtype == jnp.bfloat16 and not pdn.build(cfg, 5).frozen_bn  # nothing pretrained
