@@ -94,7 +94,10 @@ def read_run(workdir: str) -> RunRecord:
     for name in ("config.json", "metrics.jsonl"):
         if not os.path.isfile(os.path.join(workdir, name)):
             raise SkippedRun(f"{workdir}: not a trained run (no {name})")
-    config = run_config(workdir)
+    try:
+        config = run_config(workdir)
+    except (ValueError, KeyError) as error:  # not JSON, or a config the project cannot read
+        raise SkippedRun(f"{workdir}: config.json unreadable ({error})") from error
     records = MetricsLog.read(workdir)
     train = _last_per_step([r for r in records if "loss" in r])
     evals = _last_per_step([r for r in records if "val/miou" in r])
