@@ -245,6 +245,24 @@ def timing_markdown(rows: Sequence[dict[str, Any]], device: str, size: int) -> s
     return "\n".join(lines) + "\n"
 
 
+def study_images(config, split: str | None, num_images: int):
+    """The first `num_images` of the split padded to the eval canvas: (raw uint8, normalised, labels, sizes)."""
+    eval_size = config.data.eval_size
+    data_source = pipeline.source(config.data.name, split or config.data.eval_split, config.data.data_dir)
+    raw, canvases, labels, sizes = [], [], [], []
+    for index in range(min(num_images, len(data_source))):
+        element = data_source[index]
+        image, label = element["image"], element["label"][..., 0] if element["label"].ndim == 3 else element["label"]
+        if max(image.shape[:2]) > eval_size:
+            raise ValueError(f"image {index} of the split is {image.shape[:2]}, larger than eval_size={eval_size}")
+        sizes.append(image.shape[:2])
+        image, label = pipeline.pad_to(image, label, eval_size, eval_size)
+        raw.append(image)
+        labels.append(label)
+        canvases.append(pipeline.normalize(image))
+    return raw, canvases, labels, sizes
+
+
 def _display(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
     return image[: size[0], : size[1]], label[: size[0], : size[1]]
 
@@ -263,20 +281,8 @@ def run_study(run, *, num_images: int = 4, nodes: Sequence[tuple[int, int]] | No
         raise ValueError(f"the mechanism study needs a DifNet run, got {config.model.name!r}")
     output_dir = output_dir or os.path.join(run.workdir, "mechanism")
     os.makedirs(output_dir, exist_ok=True)
-    eval_size = config.data.eval_size
-    data_source = pipeline.source(config.data.name, split or config.data.eval_split, config.data.data_dir)
-    count = min(num_images, len(data_source))
-    raw, canvases, labels, sizes = [], [], [], []
-    for index in range(count):
-        element = data_source[index]
-        image, label = element["image"], element["label"][..., 0] if element["label"].ndim == 3 else element["label"]
-        if max(image.shape[:2]) > eval_size:
-            raise ValueError(f"image {index} of the split is {image.shape[:2]}, larger than eval_size={eval_size}")
-        sizes.append(image.shape[:2])
-        image, label = pipeline.pad_to(image, label, eval_size, eval_size)
-        raw.append(image)
-        labels.append(label)
-        canvases.append(pipeline.normalize(image))
+    raw, canvases, labels, sizes = study_images(config, split, num_images)
+    count = len(raw)
     data = jax.device_get(extract(model, run.variables, jnp.asarray(np.stack(canvases))))
     grid = data["seed"].shape[1:3]
     cells = [(seed_grid_size(h), seed_grid_size(w)) for h, w in sizes]

@@ -151,3 +151,19 @@ def plot_walks(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], seeds
             for ax, title in zip(axes[0], titles):
                 ax.set_title(title, fontsize=8)
     return _save(figure, path)
+
+
+def plot_prediction_columns(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                            columns: dict[str, Sequence[np.ndarray]], path: str) -> str:
+    """One row per image: image, ground truth, then one label map per named column (e.g. PDN's layers)."""
+    names = list(columns)
+    figure, axes = _figure(len(images), len(names) + 2)
+    for row, (image, label) in enumerate(zip(images, labels)):
+        axes[row, 0].imshow(image)
+        _show_labels(axes[row, 1], label)
+        for col, name in enumerate(names):
+            _show_labels(axes[row, col + 2], columns[name][row])
+        if row == 0:
+            for ax, title in zip(axes[0], ["image", "ground truth", *names]):
+                ax.set_title(title, fontsize=8)
+    return _save(figure, path)
