@@ -79,8 +79,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from benchmarks import cascade as cascade_bench
-from benchmarks import report
+from benchmarks import cascade_problem, report
 from difnet_jax import diffusion, timing
 
 _OUT = flags.DEFINE_string("out", None, "Directory for report.md, report.json and the end-to-end runs.")
@@ -93,7 +92,7 @@ _BUDGET_S = flags.DEFINE_float("budget_s", None, "Seconds for the whole run (def
                                "measurements that would start later are marked 'not run (budget)'.")
 _MODEL_BACKEND = flags.DEFINE_string("model_backend", "auto", "DifNet's diffusion backend in the model rows.")
 
-WALKS, CHANNELS, CLASSES = cascade_bench.WALKS, cascade_bench.CHANNELS, cascade_bench.CLASSES
+WALKS, CHANNELS, CLASSES = cascade_problem.WALKS, cascade_problem.CHANNELS, cascade_problem.CLASSES
 BACKENDS = ("dense", "chunked", "fused", "auto")
 DTYPES = ("float32", "bfloat16")
 GIB = 2**30
@@ -563,8 +562,8 @@ class Deadline:
 
 
 def cascade_flops(batch: int, n: int, mode: str) -> float:
-    """Attention FLOPs: forward 2 T B N^2 (C + K); forward + backward three times that (cascade.model_flops)."""
-    fwd_bwd = cascade_bench.model_flops(batch, n)
+    """Attention FLOPs: forward 2 T B N^2 (C + K); forward + backward three times that (cascade_problem.model_flops)."""
+    fwd_bwd = cascade_problem.model_flops(batch, n)
     return fwd_bwd if mode == "fwd+bwd" else fwd_bwd / 3
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import report
+from benchmarks.cascade_problem import CHANNELS, CLASSES, WALKS, model_flops
 from difnet_jax import diffusion, timing
 
 try:
@@ -48,13 +49,7 @@ _MAX_SECONDS = flags.DEFINE_float(
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch dense cascade too (if torch is importable).")
 _OUTPUT = flags.DEFINE_string("output", "BENCHMARKS.md", "Markdown file the section is appended to.")
 
-CHANNELS, CLASSES, WALKS = 64, 21, 5
 GIB = 2**30
-
-
-def model_flops(batch: int, n: int) -> float:
-    """Matmul FLOPs of the dense cascade fwd+bwd: per walk 2 N^2 (C + K) forward and twice that backward."""
-    return 6.0 * WALKS * batch * n * n * (CHANNELS + CLASSES)
 
 
 def matmul_flops_per_second(size: int = 4096) -> float:

@@ -17,12 +17,14 @@ pipeline's `normalize` does.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from difnet_jax import weight_files
 from difnet_jax.models import resnet_reference
 from difnet_jax.models.resnet import BOTTLENECK_DEPTHS, STAGE_SIZES, ResNet
 from difnet_jax.weight_files import read_tensors
@@ -184,3 +186,48 @@ def initialise_backbones(params: dict, batch_stats: dict, resnet: Mapping[str, d
                 raise WeightImportError(f"the model's {name} does not have the imported ResNet's structure")
             tree[name] = jax.tree.map(lambda o, n: np.asarray(n, o.dtype), old, new)
     return params, batch_stats
+
+
+# The one-time conversion (experiments/convert_weights.py is its command line).
+
+
+def _read_with_torch(path: str) -> dict[str, np.ndarray]:
+    import torch  # only here, on request
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    return {name.removeprefix("module."): value.detach().float().numpy() if value.is_floating_point()
+            else value.numpy() for name, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def convert(input_path: str, output_path: str, depth: int | None = None, force: bool = False,
+            trusted_torch_load: bool = False) -> dict[str, float | int]:
+    """`python -m experiments.convert_weights`: a torchvision ResNet file -> a verified `.npz` with its reference.
+
+    Reads the tensors (safely, or with `torch.load` when `trusted_torch_load`), finds the depth
+    from the keys unless given, imports and checks them, runs the reference forward pass on a
+    fixed input, compares, and writes the tensors plus that reference. An existing output is
+    kept unless `force`. Returns {'depth', 'width', 'tensors', 'relative_error'}.
+    """
+    if not output_path.endswith(".npz"):
+        raise ValueError(f"--output={output_path!r} must end in .npz")
+    if os.path.exists(output_path) and not force:
+        raise FileExistsError(f"{output_path} exists; pass --force to overwrite it")
+    tensors = _read_with_torch(input_path) if trusted_torch_load else weight_files.read_tensors(input_path)
+    if depth is None:
+        depth = infer_depth(tensors)
+        if depth is None:
+            raise WeightImportError(
+                f"{input_path}: the keys match no ResNet depth of {tuple(STAGE_SIZES)}; pass --depth to see which "
+                "keys differ")
+    width = int(tensors["conv1.weight"].shape[0]) if "conv1.weight" in tensors else 64
+    variables = import_resnet(tensors, depth, width, source=input_path)
+    x = fixed_input()
+    tensors = {name: value for name, value in tensors.items() if not name.startswith("__reference__.")}
+    tensors[REFERENCE_INPUT] = x
+    tensors[REFERENCE_OUTPUT] = resnet_reference.resnet_features(tensors, x, depth)["layer4"]
+    error = verify_import(variables, tensors, depth, width, source=input_path)
+    weight_files.write_npz(output_path, tensors)
+    return {"depth": depth, "width": width, "tensors": len(tensors) - 2, "relative_error": error}

@@ -18,12 +18,9 @@ import logging
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
 
-from difnet_jax import pretrained, weight_files
-from difnet_jax.models import resnet_reference
-from difnet_jax.models.resnet import STAGE_SIZES
+from difnet_jax.pretrained import convert
 
 _INPUT = flags.DEFINE_string("input", None, "torchvision ResNet state dict: .pth, .pt, .safetensors or .npz.")
 _OUTPUT = flags.DEFINE_string("output", None, "The .npz to write, e.g. weights/resnet50.npz.")
@@ -33,42 +30,6 @@ _TRUSTED_TORCH_LOAD = flags.DEFINE_bool(
     "trusted_torch_load", False, "Read --input with torch.load(weights_only=False) (needs torch; runs the pickle).")
 flags.mark_flags_as_required(["input", "output"])
 log = logging.getLogger(__name__)
-
-
-def _read_with_torch(path: str) -> dict[str, np.ndarray]:
-    import torch  # only here, on request
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, torch.nn.Module):
-        state = state.state_dict()
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    return {name.removeprefix("module."): value.detach().float().numpy() if value.is_floating_point()
-            else value.numpy() for name, value in state.items() if isinstance(value, torch.Tensor)}
-
-
-def convert(input_path: str, output_path: str, depth: int | None = None, force: bool = False,
-            trusted_torch_load: bool = False) -> dict[str, float | int]:
-    """Converts and verifies; returns {'depth', 'tensors', 'relative_error'}."""
-    if not output_path.endswith(".npz"):
-        raise ValueError(f"--output={output_path!r} must end in .npz")
-    if os.path.exists(output_path) and not force:
-        raise FileExistsError(f"{output_path} exists; pass --force to overwrite it")
-    tensors = _read_with_torch(input_path) if trusted_torch_load else weight_files.read_tensors(input_path)
-    if depth is None:
-        depth = pretrained.infer_depth(tensors)
-        if depth is None:
-            raise pretrained.WeightImportError(
-                f"{input_path}: the keys match no ResNet depth of {tuple(STAGE_SIZES)}; pass --depth to see which "
-                "keys differ")
-    width = int(tensors["conv1.weight"].shape[0]) if "conv1.weight" in tensors else 64
-    variables = pretrained.import_resnet(tensors, depth, width, source=input_path)
-    x = pretrained.fixed_input()
-    tensors = {name: value for name, value in tensors.items() if not name.startswith("__reference__.")}
-    tensors[pretrained.REFERENCE_INPUT] = x
-    tensors[pretrained.REFERENCE_OUTPUT] = resnet_reference.resnet_features(tensors, x, depth)["layer4"]
-    error = pretrained.verify_import(variables, tensors, depth, width, source=input_path)
-    weight_files.write_npz(output_path, tensors)
-    return {"depth": depth, "width": width, "tensors": len(tensors) - 2, "relative_error": error}
 
 
 def main(argv):

@@ -1,16 +1,18 @@
-"""experiments.compare: the table's rows and marks, the figures, refused and skipped workdirs."""
+"""difnet_jax.compare and its CLI: the table's rows and marks, the figures, refused and skipped workdirs."""
 
 import json
-import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
-from absl import flags
 from PIL import Image
 
-from experiments import compare
+from difnet_jax import compare
 from tests.test_tensorboard import tiny_trained_workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _edit_json(path, edit):
@@ -97,12 +99,8 @@ def test_runs_of_different_datasets_are_refused_with_both_named(workdirs, tmp_pa
     with pytest.raises(compare.DatasetMismatch, match="synthetic_shapes/tiny.*voc_aug"):
         compare.compare([workdirs["run"], workdirs["other_dataset"]], str(out))
     assert not out.exists()
-    flags.FLAGS(["compare", f"--workdirs={workdirs['run']},{workdirs['other_dataset']}", f"--out={out}"])
-    handlers, level = logging.root.handlers[:], logging.root.level  # main() sets up logging for a CLI
-    try:
-        assert compare.main(["compare"]) == 2
-    finally:
-        flags.FLAGS.unparse_flags()
-        logging.root.handlers[:], logging.root.level = handlers, level
-    error = capsys.readouterr().err
-    assert "Refusing to compare" in error and workdirs["other_dataset"] in error and not out.exists()
+    result = subprocess.run(  # the CLI in its own process: its flags stay out of this one's
+        [sys.executable, "-m", "experiments.compare", f"--workdirs={workdirs['run']},{workdirs['other_dataset']}",
+         f"--out={out}"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2
+    assert "Refusing to compare" in result.stderr and workdirs["other_dataset"] in result.stderr and not out.exists()

@@ -18,9 +18,9 @@ from safetensors.numpy import save_file
 from difnet_jax import pretrained, weight_files
 from difnet_jax.config_checks import ConfigError, check_config
 from difnet_jax.models import ResNet, resnet_reference
+from difnet_jax.pretrained import convert
 from difnet_jax.train import Trainer
 from experiments.configs.voc import get_config
-from experiments.convert_weights import convert
 from tests.test_train import tiny_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
