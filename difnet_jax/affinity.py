@@ -134,10 +134,14 @@ def propagate(probs: jax.Array, affinity: jax.Array, rates: Sequence[Rate], *, l
     if affinity.shape[-1] != len(offsets):
         raise ValueError(f"affinity has {affinity.shape[-1]} channels; rates {rates} need {len(offsets)}")
 
+    height, width = probs.shape[1:3]
+
     def step(p, _):
         total = lam * p * p.max(axis=-1, keepdims=True)
-        for c, offset in enumerate(offsets):
-            total = total + affinity[..., c: c + 1] * _shifted(p, offset, pad, 0.0, jnp)
+        padded = jnp.pad(p, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))  # once; every offset slices it
+        for c, (s, t) in enumerate(offsets):
+            neighbour = padded[:, pad[0] + s: pad[0] + s + height, pad[1] + t: pad[1] + t + width]
+            total = total + affinity[..., c: c + 1] * neighbour
         return total / total.sum(axis=-1, keepdims=True), None
 
     out, _ = jax.lax.scan(step, probs.astype(jnp.float32), None, length=iterations)
