@@ -27,6 +27,8 @@ def tiny_trained_workdir(data_dir: str, base_dir: str) -> str:
     Cached: test_tensorboard, test_compare and test_api share the one run.
     """
     workdir = os.path.join(base_dir, "tiny_difnet_logged")
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):  # pytest may import this file twice (two caches)
+        return workdir
     config = tiny_config(data_dir)
     config.model.aspp_rates = (1,)
     config.train.batch_size = 2
