@@ -204,7 +204,9 @@ def plot_curves(runs: Sequence[RunRecord], path: str) -> str:
                 marker = "o" if source == "evals" or len(records) == 1 else None
                 ax.plot(xs, [r[key] for r in records], marker=marker, markersize=3, label=run.label)
         ax.set_xlabel("wall time (minutes of training)" if x_key == "time" else "step")
-        ax.set_ylabel("training loss" if key == "loss" else "validation mIoU")
+        ax.set_ylabel("training loss (total, log scale)" if key == "loss" else "validation mIoU")
+        if key == "loss":  # totals of different families differ by orders of magnitude (auxiliary terms)
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     figure.tight_layout()
