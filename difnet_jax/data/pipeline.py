@@ -2,14 +2,13 @@
 
 Train: random scale, pad (image with the mean colour, label with 255), random crop,
 random horizontal flip, normalisation; shuffled, repeated, sharded per host, batched.
-Eval: pad to a fixed size with label 255 (the paper pads VOC to 505x505), in order,
-with the last batch filled by all-void examples that the metrics ignore.
+Evaluation batches (padded canvases, void fillers) are made by `difnet_jax.evaluator`,
+the one evaluator, from `source` and the `pad_to` / `normalize` here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import grain
 import jax
@@ -97,22 +96,6 @@ class TrainTransform(grain.transforms.RandomMap):
         return {"image": normalize(image), "label": np.ascontiguousarray(label, dtype=np.int32)}
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalTransform(grain.transforms.Map):
-    """Pads to (eval_size, eval_size) with label 255 and normalises; refuses larger images."""
-
-    eval_size: int
-
-    def map(self, element):
-        image, label = element["image"], _label_2d(element["label"])
-        if max(image.shape[:2]) > self.eval_size:
-            raise ValueError(
-                f"image {element.get('id', b'?')!r} is {image.shape[:2]}, larger than eval_size={self.eval_size}"
-            )
-        image, label = pad_to(image, label, self.eval_size, self.eval_size)
-        return {"image": normalize(image), "label": label.astype(np.int32)}
-
-
 def train_loader(
     data_source, *, global_batch_size: int, crop_size: int, scale_range=(0.5, 1.5), seed: int = 0,
     num_workers: int = 0,
@@ -138,16 +121,3 @@ def train_loader(
         ],
         worker_count=num_workers,
     )
-
-
-def eval_batches(data_source, *, batch_size: int, eval_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in order, padded to eval_size; the last batch is topped up with void."""
-    transform = EvalTransform(eval_size)
-    for start in range(0, len(data_source), batch_size):
-        examples = [transform.map(data_source[i]) for i in range(start, min(start + batch_size, len(data_source)))]
-        while len(examples) < batch_size:
-            examples.append({
-                "image": np.zeros((eval_size, eval_size, 3), np.float32),
-                "label": np.full((eval_size, eval_size), IGNORE_LABEL, np.int32),
-            })
-        yield {key: np.stack([e[key] for e in examples]) for key in ("image", "label")}
