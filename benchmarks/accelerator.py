@@ -80,7 +80,8 @@ from absl import app, flags
 from jax import lax
 
 from benchmarks import cascade_problem, report
-from difnet_jax import diffusion, timing
+from difnet_jax import timing
+from difnet_jax.models import diffusion
 
 _OUT = flags.DEFINE_string("out", None, "Directory for report.md, report.json and the end-to-end runs.")
 _QUICK = flags.DEFINE_bool("quick", False, "Sized to finish in under 8 minutes on one H100 (see --budget_s).")

@@ -8,7 +8,7 @@
     --repeats runs each after one warm-up. Target (issue 13): under 10% more time.
 (b) Inference at --size x --size, batch 1, --classes classes, float32:
     - `deeplabv3plus<D>_affinity`'s eval-mode forward (output stride 8), returning the logits and the
-      affinity logits (what propagation needs), random weights (`mechanism.random_variables`);
+      affinity logits (what propagation needs), random weights (`timing.random_variables`);
     - `affinity.propagate` (Eq. 6) with --iterations iterations on random probabilities and affinities, the
       paper's 4 rates;
     - the dense CRF (`crf.dense_crf`, --crf_iterations mean-field iterations, DeepLab's parameters) on the
@@ -36,8 +36,9 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import models, report
-from difnet_jax import affinity, crf, mechanism, timing, train
-from difnet_jax.models import build_model
+from difnet_jax import timing, train
+from difnet_jax.evaluation import crf
+from difnet_jax.models import affinity, build_model
 from experiments.configs.variants import PAPER_AFFINITY_RATES
 from experiments.configs.voc import get_config
 
@@ -124,7 +125,7 @@ def inference(size: int, budget: models.Budget) -> list[dict]:
     config = get_config(f"deeplabv3plus{_DEPTH.value}_affinity")
     model = build_model(config.model, classes)
     images = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
-    variables = mechanism.random_variables(model, images)
+    variables = timing.random_variables(model, images)
 
     def forward(variables, images):
         logits, intermediates = model.apply(variables, images, train=False)

@@ -27,7 +27,8 @@ from absl import app, flags
 
 from benchmarks import report
 from benchmarks.cascade_problem import CHANNELS, CLASSES, WALKS, model_flops
-from difnet_jax import diffusion, timing
+from difnet_jax import timing
+from difnet_jax.models import diffusion
 
 try:
     import torch

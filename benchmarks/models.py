@@ -9,7 +9,7 @@ each compute dtype (`config.model.dtype`; parameters stay float32):
     statistics) on a random batch of --train_batch crops of --crop; compiled ahead of time, so compile
     time is reported apart from the step time (median of --repeats steps after warm-up); images/s =
     batch / step time.
-  - inference: the eval-mode forward pass (`mechanism.forward`, one jit, logits upsampled to the input)
+  - inference: the eval-mode forward pass (`timing.forward`, one jit, logits upsampled to the input)
     at batch 1 and --eval_size x --eval_size (505: the paper's Table 4), median of --repeats runs after
     warm-up (`timing.time_function`), with the trained-for-a-few-steps variables.
 Peak memory is XLA's compiled `memory_analysis()`: temp + arguments + outputs - aliased (the train step
@@ -50,9 +50,10 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import report
-from difnet_jax import affinity, mechanism, timing, train
-from difnet_jax.models import pdn
+from difnet_jax import timing, train
+from difnet_jax.models import affinity, pdn
 from difnet_jax.models.resnet import ResNet
+from difnet_jax.studies import difnet_mechanism
 from experiments.configs.voc import get_config
 
 _MODELS = flags.DEFINE_list("models", ["difnet18", "difnet50", "simdeeplab18", "simdeeplab50", "pdn18_24nb_1m",
@@ -224,7 +225,7 @@ def _measure(config, label: str, dtype: str, budget: Budget, images: np.ndarray,
         state = holder["state"]
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         images = jax.random.normal(jax.random.PRNGKey(1), (1, eval_size, eval_size, 3))
-        compiled, compile_s = compile_timed(mechanism.forward, model, variables, images)
+        compiled, compile_s = compile_timed(timing.forward, model, variables, images)
         flops = _flops(compiled)
         seconds, note, runs = budget.run(lambda: compiled(variables, images), dtype, flops)
         eval_row.update(compile_s=compile_s, seconds=seconds, note=note, runs=runs, flops=flops,
@@ -271,7 +272,7 @@ def measure_backbone(depth: int, size: int, backward: bool, dtype: str, budget: 
     """The atrous ResNet (output stride 8, width 64) of PDN, batch 1: eval forward or train forward + backward."""
     net = ResNet(depth, 64, dtype=jnp.dtype(dtype))
     images = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
-    variables = mechanism.random_variables(net, images)
+    variables = timing.random_variables(net, images)
     if backward:
         def fn(variables, images):
             def total(params):
@@ -373,7 +374,7 @@ def main(argv):
     module_dtype = _DTYPES.value[0]
     module = module_rows(Budget(), module_dtype) if _PDN_MODULE.value else []  # its own FLOP rates
 
-    paper = mechanism.PAPER_TIMES
+    paper = difnet_mechanism.PAPER_TIMES
     command = " ".join(["python -m benchmarks.models", *sys.argv[1:]])
     section = [
         f"## Models: training throughput and inference latency ({datetime.date.today()}, {platform.node()}, "
@@ -394,7 +395,7 @@ def main(argv):
                     "random images and labels.", "", *train_table(train_rows), "", *ratios(train_rows, "train step")]
         section += [""] if section[-1] else []
     if eval_rows:
-        section += [f"Inference: eval-mode forward (`mechanism.forward`), batch 1, {_EVAL_SIZE.value}x"
+        section += [f"Inference: eval-mode forward (`timing.forward`), batch 1, {_EVAL_SIZE.value}x"
                     f"{_EVAL_SIZE.value}. The paper's Table 4 (GTX 1080, 505x505): DifNet-50 "
                     f"{1e3 * (paper['seed'] + paper['similarity'] + paper['diffusion']):.0f} ms (seed "
                     f"{1e3 * paper['seed']:.0f} + similarity {1e3 * paper['similarity']:.0f} + diffusion "

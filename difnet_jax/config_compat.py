@@ -4,7 +4,7 @@ Until the family table, DifNet's own keys sat directly in `config.model` (`model
 They now live in the family's sub-dict. Two places still meet the old names, and both go
 through `LEGACY_KEYS` here: command lines (`--config.model.walks=(1,3,5)`, rewritten by
 `rewrite_argv` before absl parses them) and the config.json files of earlier runs
-(`upgrade_saved`, used by `restore.load_config` and the resume check).
+(`upgrade_saved`, used by `trained_run.load_config` and the resume check).
 """
 
 from __future__ import annotations

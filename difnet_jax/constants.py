@@ -21,5 +21,5 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 COMPUTE_DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}
 
 # config.data.eval_mode: every image padded to one canvas (DifNet's protocol), each batch padded
-# to its largest image, or crop-sized windows slid over it (difnet_jax/evaluate.py).
+# to its largest image, or crop-sized windows slid over it (difnet_jax/evaluation/report.py).
 EVAL_MODES = ("pad", "whole", "sliding")

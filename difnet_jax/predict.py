@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from difnet_jax import visualize
 from difnet_jax.data import pipeline
-from difnet_jax.evaluator import network_size
+from difnet_jax.evaluation.evaluator import network_size
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,9 @@
 """Wall-clock timing of jitted functions on the current device (Table 4 of the paper).
 
+Also the pieces every timing script shares: `forward` (one jitted eval-mode forward of any family),
+`random_variables` (weights of a model's shapes without compiling its init) and `time_cascade`
+(DifNet's cascade alone on the seed grid of an image size).
+
 Each function is run `warmup` times (compilation included) and then `runs` times,
 blocking until its outputs are ready; the median and the spread are reported.
 """
@@ -7,13 +11,19 @@ blocking until its outputs are ready; the median and the spread are reported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from difnet_jax.models import diffusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,3 +68,45 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def seed_grid_size(size: int) -> int:
+    """Cells of the output-stride-8 grid along a side of `size` pixels (conv1, max-pool, layer2 strides)."""
+    for _ in range(3):
+        size = (size - 1) // 2 + 1
+    return size
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def forward(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+    """The logits of a whole DifNet or Sim-DeepLab, eval mode."""
+    return model.apply(variables, images, train=False)[0]
+
+
+def random_variables(model: nn.Module, images: jax.Array) -> dict[str, Any]:
+    """Variables of `model`'s shapes: He-normal kernels, unit BN statistics; for timing, with no init to compile."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, train=False))
+    leaves, treedef = jax.tree.flatten_with_path(shapes)
+    values = []
+    for i, (path, leaf) in enumerate(leaves):
+        name = str(path[-1])
+        if "var" in name or "scale" in name:
+            values.append(jnp.ones(leaf.shape, leaf.dtype))
+        elif "mean" in name or "bias" in name:
+            values.append(jnp.zeros(leaf.shape, leaf.dtype))
+        else:
+            std = (2.0 / max(int(np.prod(leaf.shape[:-1])), 1)) ** 0.5
+            values.append(std * jax.random.normal(jax.random.PRNGKey(i), leaf.shape, leaf.dtype))
+    return jax.tree.unflatten(treedef, values)
+
+
+def time_cascade(size: int, num_classes: int, *, num_walks: int = 5, psi_channels: int = 64, runs: int = 10,
+                 backend: str = "dense") -> Timing:
+    """Time of DifNet's cascade alone on the seed grid of a size x size image (random seed and Psi)."""
+    grid = seed_grid_size(size)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    seed = jax.random.normal(keys[0], (1, grid * grid, num_classes))
+    psis = jax.random.normal(keys[1], (num_walks, 1, grid * grid, psi_channels))
+    zeros = jnp.zeros(num_walks)
+    fn = jax.jit(lambda s, p: diffusion.cascade(s, list(p), zeros, zeros, backend=backend)[0])
+    return time_function(fn, seed, psis, runs=runs)

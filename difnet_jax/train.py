@@ -13,9 +13,7 @@ TensorBoard event files in WORKDIR, with pictures of a few validation images at 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,15 +30,17 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing, metrics, pretrained
+from difnet_jax import checkpointing, pretrained
 from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import pipeline
-from difnet_jax.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
+from difnet_jax.evaluation import metrics
+from difnet_jax.evaluation.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
 from difnet_jax.models import family_of, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
+from difnet_jax.pictures import ValidationPictures
 from difnet_jax.preemption import StopRequests
-from difnet_jax.tensorboard import EventLog, ValidationPictures, last_steps, scalar_tags
+from difnet_jax.run_log import MetricsLog, Progress
 
 log = logging.getLogger(__name__)
 
@@ -179,105 +179,6 @@ class Trainer:
         """The evaluator's confusion matrices (final output and extra heads) over a whole split."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         return self.evaluator.evaluate(variables, data_source, batch_size=batch_size, log_progress=False)
-
-
-class MetricsLog:
-    """Appends one JSON object per line to WORKDIR/metrics.jsonl and mirrors it to TensorBoard (process 0 only).
-
-    metrics.jsonl is the source of truth; every record gets 'time', the seconds the run has
-    been training: counted from this log's creation (after data preparation and restore),
-    plus the last 'time' of earlier sessions when the run resumes (the time between that
-    record and the stop is not counted). The event files in WORKDIR
-    (`difnet_jax.tensorboard.EventLog`) get each record's numbers under its own keys, and the
-    pictures passed with it, at steps after the last one metrics.jsonl already holds for
-    that tag: a resumed run appends without repeating steps.
-    """
-
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.time_offset, self.events, self.line_cut_short = 0.0, None, False
-        if jax.process_index() == 0:
-            records = self.read(workdir) if os.path.exists(self.path) else []
-            if os.path.exists(self.path) and os.path.getsize(self.path):
-                with open(self.path, "rb") as f:  # a write cut short by a stop: the next record starts a line
-                    f.seek(-1, os.SEEK_END)
-                    self.line_cut_short = f.read(1) != b"\n"
-            self.time_offset = max([r["time"] for r in records if isinstance(r.get("time"), (int, float))],
-                                   default=0.0)
-            self.events = EventLog(workdir, last_steps(records))
-        self.start = time.perf_counter()
-
-    @staticmethod
-    def read(workdir: str) -> list[dict[str, Any]]:
-        """The records of WORKDIR/metrics.jsonl in order; a line that is not JSON (a write cut short) is skipped."""
-        path = os.path.join(workdir, "metrics.jsonl")
-        records = []
-        with open(path) as f:
-            for number, line in enumerate(f, start=1):
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    log.warning("%s line %d is not JSON; skipped.", path, number)
-        return records
-
-    def write(self, record: dict[str, Any], pictures: dict[str, np.ndarray] | None = None) -> None:
-        if jax.process_index() == 0:
-            record = {**record, "time": round(self.time_offset + time.perf_counter() - self.start, 3)}
-            with open(self.path, "a") as f:
-                f.write(("\n" if self.line_cut_short else "") + json.dumps(record) + "\n")
-            self.line_cut_short = False
-            self.events.write(record["step"], scalar_tags(record), pictures)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Progress:
-    """Step metrics since the last report: their means go to the log and metrics.jsonl, with steps/s and ETA.
-
-    A report raises FloatingPointError, naming the step, if any step since the last one
-    had a non-finite loss or gradient (unless such steps are being skipped).
-    """
-
-    def __init__(self, metrics_log: MetricsLog, schedule: optax.Schedule, num_steps: int, skip_nonfinite: bool,
-                 first_step: int):
-        self.metrics_log, self.schedule, self.num_steps = metrics_log, schedule, num_steps
-        self.skip_nonfinite = skip_nonfinite
-        self.pending: list[dict] = []
-        self.first_pending_step = first_step + 1
-        self.restart_clock()
-
-    def restart_clock(self) -> None:
-        self.start = time.perf_counter()
-
-    def add(self, step_metrics: dict) -> None:
-        self.pending.append(step_metrics)
-
-    def report(self, step: int) -> None:
-        stacked = jax.device_get(self.pending)
-        nonfinite = [i for i, m in enumerate(stacked) if m["nonfinite"]]
-        if nonfinite and not self.skip_nonfinite:
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {self.first_pending_step + nonfinite[0]} "
-                f"(loss {stacked[nonfinite[0]]['loss']}); the last checkpoint before it is kept. "
-                "Set config.train.skip_nonfinite=True to skip such steps instead."
-            )
-        finite = [m for m in stacked if not m["nonfinite"]] or stacked
-        summary = {key: float(np.mean([m[key] for m in finite])) for key in stacked[0] if key != "nonfinite"}
-        steps_per_sec = len(stacked) / (time.perf_counter() - self.start)
-        record = {"step": step, **summary, "skipped_steps": len(nonfinite), "lr": float(self.schedule(step - 1)),
-                  "steps_per_sec": steps_per_sec}
-        self.metrics_log.write(record)
-        log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s%s", step, self.num_steps,
-                 summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
-                 _format_seconds((self.num_steps - step) / steps_per_sec),
-                 f"  ({len(nonfinite)} non-finite steps skipped)" if nonfinite else "")
-        self.pending, self.first_pending_step = [], step + 1
-        self.restart_clock()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@
 For every rate of `config.model.deeplabv3plus.affinity_rates` and of the paper's sets
 (`PAPER_RATES`, so that switching between them needs no recount) it counts the pixels in each
 category n0..n8 (k of the 8 neighbours agree; pixels with invalid neighbours as defined in
-`difnet_jax.affinity`) and pi_r (positive pairs / valid pairs) over the full-size train images,
+`difnet_jax.models.affinity`) and pi_r (positive pairs / valid pairs) over the full-size train images,
 and writes them as JSON to `config.model.deeplabv3plus.affinity_stats` (or, when that is empty,
 `deeplabv3plus.default_stats_path(config.data.name)`), keeping the entries of other rates already
 in the file. The figure (percentage of n0..n8 against the rate) goes beside it as .png.
@@ -23,9 +23,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import affinity
 from difnet_jax.constants import IGNORE_LABEL
-from difnet_jax.models import deeplabv3plus
+from difnet_jax.models import affinity, deeplabv3plus
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def compute_and_save(config: ml_collections.ConfigDict, *, split: str = "train",
     stats, images = count_split(config.data.name, split, config.data.data_dir, rates)
     document = {"dataset": config.data.name, "split": split, "images": images, "ignore_label": IGNORE_LABEL,
                 "categories": "k = floor(8 * agreeing valid neighbours / valid neighbours + 1/2); "
-                              "pi = positive pairs / valid pairs (difnet_jax/affinity.py)",
+                              "pi = positive pairs / valid pairs (difnet_jax/models/affinity.py)",
                 "rates": {}}
     if os.path.exists(path):
         with open(path) as f:

@@ -1,8 +1,8 @@
-"""Compares trained runs side by side: a thin entry point over `difnet_jax.compare`.
+"""Compares trained runs side by side: a thin entry point over `difnet_jax.studies.compare`.
 
   python -m experiments.compare --workdirs=runs/difnet18_synthetic,runs/simdeeplab18_synthetic --out=runs/compare
 
-Writes OUT/compare.md, OUT/curves.png and OUT/examples.png (see difnet_jax/compare.py). Runs of
+Writes OUT/compare.md, OUT/curves.png and OUT/examples.png (see difnet_jax/studies/compare.py). Runs of
 different datasets are refused (exit code 2); a workdir that cannot be compared is named and skipped.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from difnet_jax.compare import NUM_PICTURES, compare
+from difnet_jax.studies.compare import NUM_PICTURES, compare
 from experiments.run_config import run_config
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories to compare, comma-separated.")

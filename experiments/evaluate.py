@@ -19,9 +19,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax import config_compat, crf
+from difnet_jax import config_compat
 from difnet_jax.constants import EVAL_MODES
-from difnet_jax.evaluate import evaluate_workdir, report_markdown
+from difnet_jax.evaluation import crf
+from difnet_jax.evaluation.report import evaluate_workdir, report_markdown
 from experiments.run_config import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",

@@ -20,9 +20,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import difnet_jax
-from difnet_jax import config_compat, crf
-from difnet_jax.mechanism import run_study
-from difnet_jax.pdn_mechanism import run_pdn_study
+from difnet_jax import config_compat
+from difnet_jax.evaluation import crf
+from difnet_jax.studies.difnet_mechanism import run_study
+from difnet_jax.studies.pdn_mechanism import run_pdn_study
 from experiments.run_config import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",

@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 import difnet_jax
 from difnet_jax import config_compat, predict
-from difnet_jax.evaluator import model_probabilities
+from difnet_jax.evaluation.evaluator import model_probabilities
 from experiments.run_config import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",

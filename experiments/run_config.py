@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from difnet_jax.restore import load_config
+from difnet_jax.trained_run import load_config
 from experiments.configs import voc
 
 

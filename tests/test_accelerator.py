@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from benchmarks import accelerator
-from difnet_jax import diffusion
+from difnet_jax.models import diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Paths, not speed, are under test: XLA's optimisations off halves the compile time of the smoke run.

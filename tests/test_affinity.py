@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import affinity
 from difnet_jax.constants import IGNORE_LABEL
+from difnet_jax.models import affinity
 
 RATES = ((1, 1), (2, 3), (3, 2), (5, 1))  # asymmetric, and (5, 1) reaches past a 5-row image
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import difnet_jax
-from difnet_jax import evaluator
 from difnet_jax.data import pipeline
+from difnet_jax.evaluation import evaluator
 from tests.conftest import TINY
 from tests.test_tensorboard import tiny_trained_workdir
 

@@ -8,7 +8,7 @@ from absl import flags
 
 from benchmarks import affinity as affinity_benchmark  # noqa: F401 (its flags must not collide with models')
 from benchmarks import models
-from difnet_jax import affinity
+from difnet_jax.models import affinity
 from experiments.configs.voc import get_config
 
 

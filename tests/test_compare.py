@@ -1,4 +1,4 @@
-"""difnet_jax.compare and its CLI: the table's rows and marks, the figures, refused and skipped workdirs."""
+"""difnet_jax.studies.compare and its CLI: the table's rows and marks, the figures, refused and skipped workdirs."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from difnet_jax import compare
+from difnet_jax.studies import compare
 from tests.test_tensorboard import tiny_trained_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from difnet_jax import config_compat, restore, train
+from difnet_jax import config_compat, train, trained_run
 from difnet_jax.config_checks import ConfigError, check_config
 from difnet_jax.models import FAMILIES, build_model
 from experiments.configs import common
@@ -140,7 +140,7 @@ def test_old_config_json_loads_and_trains(tiny_data_dir, tmp_path):
     config = tiny_config(tiny_data_dir)
     config.model.difnet.walks = (1, 3, 5)
     (tmp_path / "config.json").write_text(json.dumps(_old_style_json(config)))
-    loaded = restore.load_config(str(tmp_path))
+    loaded = trained_run.load_config(str(tmp_path))
     assert tuple(loaded.model.difnet.walks) == (1, 3, 5) and "walks" not in loaded.model
     check_config(loaded)
     trainer = train.Trainer(loaded, num_classes=21)

@@ -77,7 +77,7 @@ def test_restored_iterator_continues_with_the_same_batches(tiny_data_dir):
 
 
 def test_eval_batches_pad_with_void(tiny_data_dir):
-    from difnet_jax.evaluator import EvalOptions, eval_batches_with_sizes
+    from difnet_jax.evaluation.evaluator import EvalOptions, eval_batches_with_sizes
 
     source = pipeline.source(TINY, "validation", tiny_data_dir)
     batches = list(eval_batches_with_sizes(source, batch_size=6, options=EvalOptions(eval_size=97)))

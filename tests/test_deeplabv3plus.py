@@ -12,9 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from difnet_jax import affinity
 from difnet_jax.config_errors import ConfigError
-from difnet_jax.models import deeplabv3plus
+from difnet_jax.models import affinity, deeplabv3plus
 from difnet_jax.models.deeplabv3plus import ASPPv3, DeepLabV3Plus
 from difnet_jax.models.family import Family
 from difnet_jax.models.resnet import ResNet

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import diffusion
+from difnet_jax.models import diffusion
 
 B, N, C, K = 2, 24, 8, 5
 BIG = 40.0  # sigmoid(40) == 1 and sigmoid(-40) == 0 in float32

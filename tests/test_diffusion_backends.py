@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import diffusion
+from difnet_jax.models import diffusion
 
 B, C, K, WALKS = 2, 8, 5, 2
 BLOCK = 32

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difnet_jax import crf, evaluate, evaluator, mechanism, predict, restore, train
+from difnet_jax import predict, timing, train, trained_run
 from difnet_jax.data import pipeline
+from difnet_jax.evaluation import crf, evaluator, report
 from difnet_jax.models.resize import resize_bilinear
+from difnet_jax.studies import difnet_mechanism
 from tests.test_train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,11 +37,11 @@ def tiny_workdir(tiny_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_workdir):
-    return restore.load_run(tiny_workdir)
+    return trained_run.load_run(tiny_workdir)
 
 
 def test_evaluation_report_matches_a_recount_of_the_saved_predictions(tiny_workdir):
-    report, paths = evaluate.evaluate_workdir(tiny_workdir, save_predictions_npz=True, batch_size=1, log_every=4)
+    result, paths = report.evaluate_workdir(tiny_workdir, save_predictions_npz=True, batch_size=1, log_every=4)
     json_path, md_path, npz_path = paths
     assert os.path.basename(json_path) == "eval_validation_step2.json" and md_path.endswith("step2.md")
     saved = json.load(open(json_path))
@@ -114,7 +116,7 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
     label_png = Image.open(out / "small.png")
     assert label_png.mode == "P" and label_png.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
     padded, _ = pipeline.pad_to(small, np.zeros(small.shape[:2], np.uint8), 97, 97)
-    logits = mechanism.forward(tiny_run.model, tiny_run.variables, pipeline.normalize(padded)[None])
+    logits = timing.forward(tiny_run.model, tiny_run.variables, pipeline.normalize(padded)[None])
     np.testing.assert_array_equal(np.asarray(label_png), np.asarray(logits[0].argmax(-1))[:50, :70])
     large = Image.open(out / "large.png")
     assert large.mode == "P" and large.size == (180, 150)
@@ -137,7 +139,7 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
 
 
 def test_mechanism_study_writes_valid_figures_and_tables(tiny_run, tmp_path):
-    result = mechanism.run_study(tiny_run, num_images=2, num_nodes=3, timing_size=33, timing_runs=2,
+    result = difnet_mechanism.run_study(tiny_run, num_images=2, num_nodes=3, timing_size=33, timing_runs=2,
                                  output_dir=str(tmp_path))
     pngs = [path for path in result["paths"] if path.endswith(".png")]
     assert [os.path.basename(p) for p in pngs] == [
@@ -163,9 +165,10 @@ def test_mechanism_study_writes_valid_figures_and_tables(tiny_run, tmp_path):
 def test_timed_branches_compose_to_the_whole_forward_pass(tiny_run):
     model, variables = tiny_run.model, tiny_run.variables
     images = jax.random.normal(jax.random.PRNGKey(0), (1, 33, 33, 3))  # as timed above: compiled already
-    seed = mechanism.seed_branch(model, variables, images)
-    y = mechanism.diffusion_branch(model, variables, seed, mechanism.similarity_branch(model, variables, images))
-    logits = mechanism.forward(model, variables, images)
+    seed = difnet_mechanism.seed_branch(model, variables, images)
+    psis = difnet_mechanism.similarity_branch(model, variables, images)
+    y = difnet_mechanism.diffusion_branch(model, variables, seed, psis)
+    logits = timing.forward(model, variables, images)
     np.testing.assert_allclose(resize_bilinear(y, (33, 33)), logits, atol=1e-4)
 
 
@@ -174,7 +177,7 @@ def test_select_nodes_spreads_over_classes():
     grid[1:5, 1:5] = 3
     grid[5:9, 5:9] = 7
     grid[0, :] = 255
-    nodes = mechanism.select_nodes(grid, 4)
+    nodes = difnet_mechanism.select_nodes(grid, 4)
     assert [grid[y, x] for y, x in nodes[:3]] == [3, 7, 0] and len(set(nodes)) == 4
     assert all(grid[y, x] != 255 for y, x in nodes)
 
@@ -231,20 +234,20 @@ def test_old_config_json_gets_new_keys_from_the_defaults(tiny_workdir, tmp_path)
 
 def test_affinity_propagation_heads_in_one_evaluation(tiny_workdir):
     """--propagate_oracle works for any model (here DifNet): each T is one more head of the same pass."""
-    report, paths = evaluate.evaluate_workdir(tiny_workdir, propagate_oracle=(1, 3), batch_size=8)
-    assert set(report["heads"]) == {"oracle_T1", "oracle_T3"} and paths[0].endswith("_propagate.json")
-    assert all(0.0 <= value <= 1.0 for value in report["heads"].values())
+    result, paths = report.evaluate_workdir(tiny_workdir, propagate_oracle=(1, 3), batch_size=8)
+    assert set(result["heads"]) == {"oracle_T1", "oracle_T3"} and paths[0].endswith("_propagate.json")
+    assert all(0.0 <= value <= 1.0 for value in result["heads"].values())
     with pytest.raises(ValueError, match="affinity head.*--propagate_oracle works for every model"):
-        evaluate.evaluate_workdir(tiny_workdir, propagate=(1,))
+        report.evaluate_workdir(tiny_workdir, propagate=(1,))
 
 
 def test_propagation_refinements_are_eq6_with_the_models_or_the_true_affinity():
-    from difnet_jax import affinity
+    from difnet_jax.models import affinity
     from experiments.configs.voc import get_config
 
     model = get_config("deeplabv3plus18_affinity,synthetic").model
     rates = affinity.expand_rates(tuple(model.deeplabv3plus.affinity_rates))
-    refinements = evaluate.propagation_refinements(model, (2,), (3,), lam=5.0, mu=7.0)
+    refinements = report.propagation_refinements(model, (2,), (3,), lam=5.0, mu=7.0)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     probs = jax.nn.softmax(jax.random.normal(keys[0], (1, 40, 40, 4)))
     logits = jax.random.normal(keys[1], (1, 40, 40, 8 * len(rates)))

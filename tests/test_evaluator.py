@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import evaluator
-from difnet_jax.evaluator import EvalOptions, sliding_window_probabilities, window_starts
+from difnet_jax.evaluation import evaluator
+from difnet_jax.evaluation.evaluator import EvalOptions, sliding_window_probabilities, window_starts
 
 
 def _contextual_probabilities(images):

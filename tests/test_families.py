@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import affinity, train
-from difnet_jax.evaluator import FINAL
-from difnet_jax.models import FAMILIES
+from difnet_jax import train
+from difnet_jax.evaluation.evaluator import FINAL
+from difnet_jax.models import FAMILIES, affinity
 from experiments.configs.variants import VARIANTS
 from experiments.configs.voc import get_config
 

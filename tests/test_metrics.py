@@ -3,7 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from difnet_jax import losses, metrics
+from difnet_jax import losses
+from difnet_jax.evaluation import metrics
 
 
 def _brute_force_miou(labels, predictions, num_classes):

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difnet_jax import diffusion
-from difnet_jax.models import FAMILIES, DifNet, SimDeepLab, build_model
+from difnet_jax.models import FAMILIES, DifNet, SimDeepLab, build_model, diffusion
 from difnet_jax.models.difnet import adaptive_max_pool
 from difnet_jax.models.resize import resize_bilinear
 from experiments.configs.voc import VARIANTS, get_config

@@ -16,7 +16,7 @@ from difnet_jax import losses
 from difnet_jax.config_errors import ConfigError
 from difnet_jax.models import pdn
 from difnet_jax.models.resize import resize_bilinear
-from difnet_jax.receptive_field import model_scores, plot_receptive_fields, valid_receptive_field
+from difnet_jax.studies.receptive_field import model_scores, plot_receptive_fields, valid_receptive_field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from difnet_jax import pdn_mechanism
 from difnet_jax.models import build_model
+from difnet_jax.studies import pdn_mechanism
 from tests.test_train import tiny_config
 
 

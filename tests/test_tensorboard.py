@@ -13,9 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from difnet_jax import train, visualize
 from difnet_jax.data import pipeline
-from difnet_jax.evaluator import EvalOptions
+from difnet_jax.evaluation.evaluator import EvalOptions
 from difnet_jax.models import FAMILIES
-from difnet_jax.tensorboard import HEADER_HEIGHT, ValidationPictures, example_indices, scalar_tags
+from difnet_jax.pictures import HEADER_HEIGHT, ValidationPictures, example_indices
+from difnet_jax.run_log import MetricsLog, scalar_tags
 from tests.conftest import TINY
 from tests.test_train import tiny_config
 
@@ -81,7 +82,7 @@ def test_events_hold_every_logged_scalar_and_the_validation_pictures(workdir, ti
 
 def test_a_resumed_log_appends_without_repeating_steps(tmp_path):
     workdir = str(tmp_path)
-    first = train.MetricsLog(workdir)
+    first = MetricsLog(workdir)
     picture = {"val/pictures/0": np.zeros((4, 6, 3), np.uint8)}
     first.write({"step": 1, "loss": 3.0, "loss/ce": 3.0})
     first.write({"step": 2, "loss": 2.0, "loss/ce": 2.0})
@@ -90,13 +91,13 @@ def test_a_resumed_log_appends_without_repeating_steps(tmp_path):
         f.write('{"step": 3, "loss":')  # a write cut short by the stop
 
     # The next session restarts from the step-1 checkpoint: steps 2.. come again, then new ones.
-    second = train.MetricsLog(workdir)
+    second = MetricsLog(workdir)
     second.write({"step": 2, "loss": 2.0, "loss/ce": 2.0})
     second.write({"step": 2, "val/miou": 0.1, "val/iou": {"a": 0.2, "b": None}}, pictures=picture)
     second.write({"step": 3, "loss": 1.5, "loss/ce": 1.5})
     second.write({"step": 4, "val/miou": 0.3, "val/iou": {"a": 0.4, "b": 0.5}}, pictures=picture)
     # A session with nothing new (a finished run re-evaluated) leaves no event file behind.
-    train.MetricsLog(workdir).write({"step": 4, "val/miou": 0.3, "val/iou": {"a": 0.4, "b": 0.5}}, pictures=picture)
+    MetricsLog(workdir).write({"step": 4, "val/miou": 0.3, "val/iou": {"a": 0.4, "b": 0.5}}, pictures=picture)
     assert len([name for name in os.listdir(workdir) if "tfevents" in name]) == 2
 
     events = read_events(workdir)
@@ -105,7 +106,7 @@ def test_a_resumed_log_appends_without_repeating_steps(tmp_path):
     assert steps("val/miou") == steps("val/iou/a") == [2, 4] and steps("val/iou/b") == [4]
     assert [e.step for e in events.Images("val/pictures/0")] == [2, 4]
     # metrics.jsonl, the source of truth, keeps every record; 'time' goes on from the last session's.
-    records = train.MetricsLog.read(workdir)
+    records = MetricsLog.read(workdir)
     assert [r["step"] for r in records] == [1, 2, 2, 2, 2, 3, 4, 4]
     assert records[3]["time"] >= records[2]["time"]
 

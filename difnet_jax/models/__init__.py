@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from difnet_jax.models import deeplab, deeplabv3plus, difnet, pdn
-from difnet_jax.models.deeplab import SimDeepLab
+from difnet_jax.models import deeplabv3plus, difnet, pdn, simdeeplab
 from difnet_jax.models.deeplabv3plus import DeepLabV3Plus
 from difnet_jax.models.difnet import DifNet
 from difnet_jax.models.family import Family, initialised_backbones, segmentation_loss
 from difnet_jax.models.pdn import PDN
 from difnet_jax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50, ResNet101
+from difnet_jax.models.simdeeplab import SimDeepLab
 
 __all__ = ["DeepLabV3Plus", "DifNet", "PDN", "SimDeepLab", "ResNet", "ResNet18", "ResNet34", "ResNet50",
            "ResNet101", "FAMILIES", "Family", "build_model", "family_of", "pretrained_backbones"]
@@ -25,8 +25,8 @@ __all__ = ["DeepLabV3Plus", "DifNet", "PDN", "SimDeepLab", "ResNet", "ResNet18",
 FAMILIES: dict[str, Family] = {
     "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
                      defaults=difnet.defaults),
-    "simdeeplab": Family(build=deeplab.build, loss=segmentation_loss, backbones=deeplab.backbones,
-                         check=deeplab.check, defaults=deeplab.defaults),
+    "simdeeplab": Family(build=simdeeplab.build, loss=segmentation_loss, backbones=simdeeplab.backbones,
+                         check=simdeeplab.check, defaults=simdeeplab.defaults),
     "pdn": Family(build=pdn.build, loss=pdn.loss, backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,
                   extra_predictions=pdn.extra_predictions),
     "deeplabv3plus": Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,

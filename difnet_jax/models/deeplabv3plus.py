@@ -16,7 +16,7 @@ channel counts are given at width 64 and scale with it, `channels * width // 64`
 
 Affinity head (with `affinity_rates`): a 1x1 conv with 8|R| channels beside the classifier on the
 decoder's features, upsampled bilinearly like the logits (rates are in input pixels), returned
-pre-sigmoid as intermediates["affinity_logits"]; layout and loss in `difnet_jax.affinity`.
+pre-sigmoid as intermediates["affinity_logits"]; layout and loss in `difnet_jax.models.affinity`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import affinity, losses
+from difnet_jax import losses
 from difnet_jax.config_errors import positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES
-from difnet_jax.models import family
+from difnet_jax.models import affinity, family
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import STAGE_STRIDE_DILATION, ResNet
 

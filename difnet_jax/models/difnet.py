@@ -6,7 +6,7 @@
   input image and walks 2..5 on layer1..layer4. Each tap gives
   Psi_t = adaptive-max-pool(BN(conv1x1_64(f_t))) on the seed grid (Sec. 4).
 - Cascade: y_t = beta_t [mu_t P_t y_{t-1} + (1 - mu_t) s] + (1 - beta_t) y_{t-1}
-  with P_t = softmax(Psi_t Psi_t^T) (Eq. 4-5), see `difnet_jax.diffusion`.
+  with P_t = softmax(Psi_t Psi_t^T) (Eq. 4-5), see `difnet_jax.models.diffusion`.
   mu_t = sigmoid(mu_logits[t]), beta_t = sigmoid(beta_logits[t]); both logits are
   ordinary parameters initialised to 0 (mu = beta = 0.5).
 - y_T is upsampled bilinearly to the input size.
@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import affinity, diffusion, losses
+from difnet_jax import losses
 from difnet_jax.config_errors import positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES, OUTPUT_STRIDE
-from difnet_jax.models import family
+from difnet_jax.models import affinity, diffusion, family
 from difnet_jax.models.aspp import ASPP, class_conv
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import ResNet

@@ -13,8 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from difnet_jax import affinity
-from difnet_jax.models import FAMILIES
+from difnet_jax.models import FAMILIES, affinity
 
 DEPTHS = (18, 34, 50, 101)
 PAPER_AFFINITY_RATES = affinity.BEST_RATES  # pixels; (12, 24) means both (12, 24) and (24, 12)

@@ -31,11 +31,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import difnet_jax
-from difnet_jax import restore, visualize
+from difnet_jax import trained_run, visualize
 from difnet_jax.data import pipeline
-from difnet_jax.evaluator import EvalOptions
-from difnet_jax.tensorboard import NUM_PICTURES, largest_network_input, validation_examples
-from difnet_jax.train import MetricsLog
+from difnet_jax.evaluation.evaluator import EvalOptions
+from difnet_jax.pictures import NUM_PICTURES, largest_network_input, validation_examples
+from difnet_jax.run_log import MetricsLog
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _last_per_step(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 ConfigLoader = Callable[[str], Any]  # workdir -> its ConfigDict
 
 
-def read_run(workdir: str, load_config: ConfigLoader = restore.load_config) -> RunRecord:
+def read_run(workdir: str, load_config: ConfigLoader = trained_run.load_config) -> RunRecord:
     """The run's config and records; SkippedRun naming the workdir and the reason if it cannot be compared."""
     if not os.path.isdir(workdir):
         raise SkippedRun(f"{workdir}: missing (no such directory)")
@@ -233,7 +233,7 @@ def plot_examples(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], pr
 
 
 def compare(workdirs: Sequence[str], out: str, *, num_images: int = NUM_PICTURES,
-            data_dir: str | None = None, load_config: ConfigLoader = restore.load_config) -> dict[str, Any]:
+            data_dir: str | None = None, load_config: ConfigLoader = trained_run.load_config) -> dict[str, Any]:
     """Writes OUT/compare.md, curves.png and examples.png for the comparable runs among `workdirs`.
 
     `load_config` reads a workdir's config (the CLI fills keys added since the run was trained).

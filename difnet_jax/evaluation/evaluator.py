@@ -35,9 +35,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import metrics
 from difnet_jax.constants import EVAL_MODES, IGNORE_LABEL, OUTPUT_STRIDE
 from difnet_jax.data import pipeline
+from difnet_jax.evaluation import metrics
 from difnet_jax.models.family import Family
 from difnet_jax.models.resize import resize_bilinear
 

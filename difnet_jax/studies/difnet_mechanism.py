@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from difnet_jax import crf, diffusion, timing, visualize
+from difnet_jax import timing, visualize
 from difnet_jax.constants import OUTPUT_STRIDE
 from difnet_jax.data import pipeline
-from difnet_jax.models import DifNet, SimDeepLab
+from difnet_jax.evaluation import crf
+from difnet_jax.models import DifNet, SimDeepLab, diffusion
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,6 @@ TAP_NAMES = {1: "image", 2: "layer1", 3: "layer2", 4: "layer3", 5: "layer4"}
 PAPER_MU_BETA = ((0.4159, 0.4159), (0.4193, 0.4825), (0.4077, 0.5104), (0.6520, 0.6570), (0.8956, 0.8451))
 # Table 4 of the paper: seconds at 505x505 on a GTX 1080 (DifNet-50 branches, Sim-DeepLab-101).
 PAPER_TIMES = {"seed": 0.018, "similarity": 0.015, "diffusion": 0.006, "simdeeplab": 0.036}
-
-
-def seed_grid_size(size: int) -> int:
-    """Cells of the output-stride-8 grid along a side of `size` pixels (conv1, max-pool, layer2 strides)."""
-    for _ in range(3):
-        size = (size - 1) // 2 + 1
-    return size
 
 
 def _is_psi(module: nn.Module, method_name: str) -> bool:
@@ -157,41 +151,6 @@ def diffusion_branch(model: DifNet, variables: dict[str, Any], seed: jax.Array, 
     return model.apply(variables, seed, list(psis), method=DifNet.diffuse)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def forward(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    """The logits of a whole DifNet or Sim-DeepLab, eval mode."""
-    return model.apply(variables, images, train=False)[0]
-
-
-def random_variables(model: nn.Module, images: jax.Array) -> dict[str, Any]:
-    """Variables of `model`'s shapes: He-normal kernels, unit BN statistics; for timing, with no init to compile."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, train=False))
-    leaves, treedef = jax.tree.flatten_with_path(shapes)
-    values = []
-    for i, (path, leaf) in enumerate(leaves):
-        name = str(path[-1])
-        if "var" in name or "scale" in name:
-            values.append(jnp.ones(leaf.shape, leaf.dtype))
-        elif "mean" in name or "bias" in name:
-            values.append(jnp.zeros(leaf.shape, leaf.dtype))
-        else:
-            std = (2.0 / max(int(np.prod(leaf.shape[:-1])), 1)) ** 0.5
-            values.append(std * jax.random.normal(jax.random.PRNGKey(i), leaf.shape, leaf.dtype))
-    return jax.tree.unflatten(treedef, values)
-
-
-def time_cascade(size: int, num_classes: int, *, num_walks: int = 5, psi_channels: int = 64, runs: int = 10,
-                 backend: str = "dense") -> timing.Timing:
-    """Time of DifNet's cascade alone on the seed grid of a size x size image (random seed and Psi)."""
-    grid = seed_grid_size(size)
-    keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    seed = jax.random.normal(keys[0], (1, grid * grid, num_classes))
-    psis = jax.random.normal(keys[1], (num_walks, 1, grid * grid, psi_channels))
-    zeros = jnp.zeros(num_walks)
-    fn = jax.jit(lambda s, p: diffusion.cascade(s, list(p), zeros, zeros, backend=backend)[0])
-    return timing.time_function(fn, seed, psis, runs=runs)
-
-
 def time_branches(model: DifNet, variables: dict[str, Any], *, size: int = 505, runs: int = 10, warmup: int = 2,
                   crf_params: crf.CRFParams | None = None) -> list[dict[str, Any]]:
     """Table 4: median seconds of each part of DifNet and of Sim-DeepLab at size x size, batch 1.
@@ -203,12 +162,12 @@ def time_branches(model: DifNet, variables: dict[str, Any], *, size: int = 505, 
     seed_fn = functools.partial(seed_branch, model)
     similarity_fn = functools.partial(similarity_branch, model)
     diffusion_fn = functools.partial(diffusion_branch, model)
-    whole_fn = functools.partial(forward, model)
+    whole_fn = functools.partial(timing.forward, model)
     seed, psis = seed_fn(variables, images), similarity_fn(variables, images)
     simdeeplab = SimDeepLab(model.num_classes, depth=model.depth, width=model.width, aspp_rates=model.aspp_rates,
                             dtype=model.dtype)
-    sim_variables = random_variables(simdeeplab, images)
-    simdeeplab_fn = functools.partial(forward, simdeeplab)
+    sim_variables = timing.random_variables(simdeeplab, images)
+    simdeeplab_fn = functools.partial(timing.forward, simdeeplab)
     name = f"DifNet-{model.depth}"
     rows = [  # (part, key of the paper's time, function, arguments, runs)
         (f"{name} seed branch (backbone + {'ASPP' if model.use_aspp else 'conv'} + importance)", "seed",
@@ -271,7 +230,7 @@ def run_study(run, *, num_images: int = 4, nodes: Sequence[tuple[int, int]] | No
               split: str | None = None, timing_size: int = 505, timing_runs: int = 10,
               crf_params: crf.CRFParams | None = None, skip_timing: bool = False,
               output_dir: str | None = None) -> dict[str, Any]:
-    """Figs. 2-4 and Tables 3-4 for a restored DifNet `run` (`restore.load_run`), in WORKDIR/mechanism/.
+    """Figs. 2-4 and Tables 3-4 for a restored DifNet `run` (`trained_run.load_run`), in WORKDIR/mechanism/.
 
     Returns {'paths': [...], 'nodes': per-image nodes, 'transition_rows': per-image
     (num_nodes, T, h', w') arrays, 'mu_beta': Table 3 rows, 'timing': Table 4 rows}.
@@ -285,7 +244,7 @@ def run_study(run, *, num_images: int = 4, nodes: Sequence[tuple[int, int]] | No
     count = len(raw)
     data = jax.device_get(extract(model, run.variables, jnp.asarray(np.stack(canvases))))
     grid = data["seed"].shape[1:3]
-    cells = [(seed_grid_size(h), seed_grid_size(w)) for h, w in sizes]
+    cells = [(timing.seed_grid_size(h), timing.seed_grid_size(w)) for h, w in sizes]
     crop = lambda array, i: array[i, : cells[i][0], : cells[i][1]]
     paths = []
 

@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difnet_jax import receptive_field, visualize
-from difnet_jax.evaluator import head_logits
-from difnet_jax.mechanism import random_variables, study_images
+from difnet_jax import visualize
+from difnet_jax.evaluation.evaluator import head_logits
 from difnet_jax.models import FAMILIES, PDN, SimDeepLab
+from difnet_jax.studies import receptive_field
+from difnet_jax.studies.difnet_mechanism import study_images
+from difnet_jax.timing import random_variables
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `evaluate_workdir` restores a checkpoint and runs the same `evaluator.Evaluator` as the
 training loop (canvas modes, multi-scale + flip, extra heads and refinements are options
-of that one path), optionally followed by the dense CRF (`difnet_jax.crf`) on the final
+of that one path), optionally followed by the dense CRF (`difnet_jax.evaluation.crf`) on the final
 probabilities, on the image pixels only. Reports: JSON and Markdown with mIoU, pixel
 accuracy, per-class IoU, each head's mIoU and the confusion matrix, written to
 WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf].{json,md}.
@@ -21,10 +21,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import affinity, crf, mechanism, metrics, restore, timing
+from difnet_jax import timing, trained_run
 from difnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
 from difnet_jax.data import pipeline
-from difnet_jax.evaluator import EvalOptions, EvalResult, Evaluator, Refinement, eval_batches_with_sizes, head_mious
+from difnet_jax.evaluation import crf, metrics
+from difnet_jax.evaluation.evaluator import (
+    EvalOptions,
+    EvalResult,
+    Evaluator,
+    Refinement,
+    eval_batches_with_sizes,
+    head_mious,
+)
+from difnet_jax.models import affinity
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +221,7 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     CRF's time per image and, for comparison, the time of DifNet's cascade of five random
     walks on the seed grid of the same canvas.
     """
-    run = restore.load_run(workdir, config, step)
+    run = trained_run.load_run(workdir, config, step)
     config = run.config
     split = split or config.data.eval_split
     batch_size = batch_size or config.train.eval_batch_size
@@ -257,7 +266,7 @@ def crf_timing(params: crf.CRFParams, eval_size: int, num_classes: int, data_sou
     probabilities = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (eval_size, eval_size, num_classes)))
     crf_time = timing.time_function(
         lambda p: crf.dense_crf(p, colours, valid, params=params), probabilities, warmup=1, runs=runs)
-    cascade_time = mechanism.time_cascade(eval_size, num_classes, runs=runs)
+    cascade_time = timing.time_cascade(eval_size, num_classes, runs=runs)
     return {"crf_seconds_per_image": crf_time.median_s, "crf_std_s": crf_time.std_s,
             "crf_sender_stride": crf.sender_stride(eval_size, eval_size, params.max_senders),
             "diffusion_seconds_per_image": cascade_time.median_s, "diffusion_std_s": cascade_time.std_s}

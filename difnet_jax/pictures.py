@@ -1,34 +1,16 @@
-"""TensorBoard event files beside metrics.jsonl, written without TensorFlow; validation pictures.
+"""Validation pictures: a fixed handful of validation images drawn at each evaluation.
 
-Writer: the `tensorboard` package's own pieces, its protos (`tensorboard.compat.proto`) and its
-record framing (`tensorboard.summary.writer.record_writer`, the code under PyTorch's
-SummaryWriter). That package is what a user installs anyway to view the events, and it holds
-the reader the tests check them with; it needs no TensorFlow, and a second writer package
-(tensorboardX) would only duplicate its protos. Each record is appended to the session's file
-and the file closed again, so there is no background thread to close and a killed run loses
-nothing it logged.
-
-- `EventLog`: scalars and images of WORKDIR/events.out.tfevents.<time>.<host>.<pid>.<n>.difnet_jax,
-  one file per session; a tag is written only at steps after the last one already logged
-  (`last_steps` of metrics.jsonl), so a resumed run appends without repeating steps.
-- `scalar_tags`: a metrics.jsonl record -> {tag: value}; the tags are the record's keys, a
-  nested dict joined with '/', e.g. 'val/iou/background'.
-- `ValidationPictures`: a fixed handful of validation images (`example_indices`), drawn at each
-  evaluation as image | ground truth | prediction, followed by whichever of these the model's
-  intermediates hold: DifNet's 'seed' and last of its 'walks', the family's extra predictions
-  (PDN's diffusion layers), and 'affinity_logits' as the mean affinity to the 8 neighbours at
-  the first rate (bright = same class as the neighbours). One jit call per evaluation.
+`ValidationPictures` draws image | ground truth | prediction, followed by whichever of these the
+model's intermediates hold: DifNet's 'seed' and last of its 'walks', the family's extra
+predictions (PDN's diffusion layers), and 'affinity_logits' as the mean affinity to the 8
+neighbours at the first rate (bright = same class as the neighbours). One jit call per
+evaluation. Training logs them to TensorBoard (`run_log.EventLog`); `studies.compare` draws
+the same examples.
 """
 
 from __future__ import annotations
 
-import io
-import itertools
-import logging
-import os
-import socket
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -37,86 +19,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw, ImageFont
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.record_writer import RecordWriter
 
 from difnet_jax import visualize
 from difnet_jax.data import pipeline
-from difnet_jax.evaluator import EvalOptions, network_size
+from difnet_jax.evaluation.evaluator import EvalOptions, network_size
 from difnet_jax.models.family import Family
-
-log = logging.getLogger(__name__)
 
 NUM_PICTURES = 4  # validation images drawn at each evaluation
 PICTURE_TAG = "val/pictures"  # + "/<index in the split>"
 HEADER_HEIGHT = 14  # pixels of the panel-name strip above each panel
-NOT_LOGGED = ("step", "time")  # metrics.jsonl keys that are no scalar of their own
-_SESSIONS = itertools.count()  # event files of this process: two sessions in one second get two files
-
-
-def scalar_tags(record: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The record's numbers by tag ('val/iou' -> {'val/iou/<class>': ...}); 'step', 'time' and nulls left out."""
-    tags = {}
-    for key, value in record.items():
-        if not prefix and key in NOT_LOGGED:
-            continue
-        if isinstance(value, Mapping):
-            tags.update(scalar_tags(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            tags[f"{prefix}{key}"] = float(value)
-    return tags
-
-
-def last_steps(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Tag -> the last step some record logged it at."""
-    steps: dict[str, int] = {}
-    for record in records:
-        for tag in scalar_tags(record):
-            steps[tag] = max(steps.get(tag, -1), int(record["step"]))
-    return steps
-
-
-def _png(picture: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class EventLog:
-    """Appends scalars and images to this session's event file in `logdir`, skipping steps already logged.
-
-    `logged` maps each tag to the last step earlier sessions wrote it at (`last_steps`): a
-    tag is written only at later steps. Images go with the record they come with: written
-    when at least one of its scalars is. The file is created at the first write.
-    """
-
-    def __init__(self, logdir: str, logged: Mapping[str, int] | None = None):
-        self.logdir = logdir
-        self.logged = dict(logged or {})
-        self.path: str | None = None
-
-    def write(self, step: int, scalars: Mapping[str, float], images: Mapping[str, np.ndarray] | None = None) -> None:
-        new = {tag: value for tag, value in scalars.items() if step > self.logged.get(tag, -1)}
-        if not new:
-            return
-        values = [summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in new.items()]
-        for tag, picture in (images or {}).items():
-            height, width = picture.shape[:2]
-            values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
-                height=height, width=width, colorspace=3, encoded_image_string=_png(picture))))
-        self._append([event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))])
-        self.logged.update(dict.fromkeys(new, step))
-
-    def _append(self, events: list[event_pb2.Event]) -> None:
-        if self.path is None:
-            name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
-                    f"{next(_SESSIONS):03d}.difnet_jax")
-            self.path = os.path.join(self.logdir, name)
-            events = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"), *events]
-        with open(self.path, "ab") as f:
-            writer = RecordWriter(f)
-            for event in events:
-                writer.write(event.SerializeToString())
 
 
 def example_indices(num_examples: int, count: int) -> list[int]:
@@ -168,7 +79,7 @@ def picture_maps(model, family: Family | None, variables: dict[str, Any], images
         for name, head in family.extra_predictions(intermediates).items():
             labels[name] = head.argmax(-1)
     heat = {}
-    if "affinity_logits" in intermediates:  # channels 8k + n: rate k, neighbour n (difnet_jax.affinity)
+    if "affinity_logits" in intermediates:  # channels 8k + n: rate k, neighbour n (difnet_jax.models.affinity)
         heat["affinity, rate 1"] = jax.nn.sigmoid(intermediates["affinity_logits"][..., :8].astype(jnp.float32)
                                                   ).mean(-1)
     return labels, heat
