@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from benchmarks import accelerator
+from benchmarks import accelerator, accelerator_checks, accelerator_sizes
 from difnet_jax.models import diffusion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ def test_smoke_passes_and_writes_every_section(smoke):
     assert all(r.get("seconds") for r in data["cascade"])
     assert {r["backend"] for r in data["cascade"]} == {"dense", "chunked", "fused"}
     assert data["models"][0]["images_per_s"] > 0 and data["models"][0]["latency_s"] > 0
-    assert len(data["checks"]["train"]["device_losses"]) == accelerator.SIZES["smoke"].train_steps
+    assert len(data["checks"]["train"]["device_losses"]) == accelerator_sizes.SIZES["smoke"].train_steps
     assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"Diffusion", "Best", "`auto`", "bf16"}
 
 
@@ -58,7 +58,7 @@ def _broken(psi, y):
 
 
 def test_a_wrong_backend_fails_the_run(tmp_path):
-    status = accelerator.run(str(tmp_path), accelerator.SIZES["smoke"], parts=("checks",),
+    status = accelerator.run(str(tmp_path), accelerator_sizes.SIZES["smoke"], parts=("checks",),
                              diffusers={"broken": _broken}, with_train=False)
     assert status == 1
     with open(tmp_path / "report.json") as f:
@@ -71,8 +71,8 @@ def test_a_wrong_backend_fails_the_run(tmp_path):
 def test_the_injected_checks_pass_a_correct_backend():
     results = []
     dense = {"dense": lambda psi, y: diffusion.diffuse(psi, y, "dense")}
-    accelerator.check_closed_form(dense, "float32", 20, results)
-    accelerator.check_cascade({"dense": accelerator._cascade_with(dense["dense"])}, "float32", 20, results)
+    accelerator_checks.check_closed_form(dense, "float32", 20, results)
+    accelerator_checks.check_cascade({"dense": accelerator_checks.cascade_with(dense["dense"])}, "float32", 20, results)
     assert results and all(r["ok"] for r in results)
 
 
@@ -81,20 +81,20 @@ def test_a_crashing_backend_fails_its_checks():
         raise RuntimeError("no kernel for this shape")
 
     results = []
-    accelerator.check_cascade({"crash": accelerator._cascade_with(crash)}, "float32", 20, results)
+    accelerator_checks.check_cascade({"crash": accelerator_checks.cascade_with(crash)}, "float32", 20, results)
     assert results and not results[0]["ok"] and "no kernel" in results[0]["message"]
 
 
 def test_backend_key_is_set_in_the_family_sub_dict_or_the_flat_config():
     config = ml_collections.ConfigDict({"model": {"name": "difnet", "difnet": {"diffusion_backend": "auto"}}})
-    accelerator._set_backend(config, "chunked")
-    assert config.model.difnet.diffusion_backend == "chunked" == accelerator._get_backend(config)
+    accelerator_sizes.set_backend(config, "chunked")
+    assert config.model.difnet.diffusion_backend == "chunked" == accelerator_sizes.get_backend(config)
     flat = ml_collections.ConfigDict({"model": {"name": "difnet", "diffusion_backend": "auto"}})
-    accelerator._set_backend(flat, "dense")
-    assert flat.model.diffusion_backend == "dense" == accelerator._get_backend(flat)
+    accelerator_sizes.set_backend(flat, "dense")
+    assert flat.model.diffusion_backend == "dense" == accelerator_sizes.get_backend(flat)
     other = ml_collections.ConfigDict({"model": {"name": "simdeeplab"}})
-    accelerator._set_backend(other, "dense")
-    assert accelerator._get_backend(other) is None
+    accelerator_sizes.set_backend(other, "dense")
+    assert accelerator_sizes.get_backend(other) is None
 
 
 def test_final_metrics_from_metrics_jsonl_or_the_log(tmp_path):
@@ -130,8 +130,8 @@ def test_loads_without_the_data_packages_and_says_what_is_missing():
 import sys
 for name in ("ml_collections", "grain", "tensorflow_datasets", "array_record"):
     sys.modules[name] = None  # import fails
-from benchmarks import accelerator
-for call in (lambda: accelerator.check_train(accelerator.SIZES["smoke"], []), accelerator._variants):
+from benchmarks import accelerator, accelerator_checks, accelerator_sizes
+for call in (lambda: accelerator_checks.check_train(accelerator_sizes.SIZES["smoke"], []), accelerator_sizes.variants):
     try:
         call()
     except ImportError as error:

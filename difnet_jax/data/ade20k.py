@@ -20,11 +20,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
+from difnet_jax.data.manual_builder import ManualSegmentationBuilder
 
 CLASS_NAMES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -56,35 +55,25 @@ def annotation_table() -> np.ndarray:
     return table
 
 
-class Ade20kSceneParsing(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class Ade20kSceneParsing(ManualSegmentationBuilder):
     """ADE20K SceneParsing semantic segmentation: 150 classes, 20,210 train / 2,000 validation images."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    CLASS_NAMES = CLASS_NAMES
+    HOMEPAGE = "http://sceneparsing.csail.mit.edu/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Put the official archive {ARCHIVE} (sceneparsing.csail.mit.edu) in manual_dir, or what it
     extracts to: {ROOT}/images/... and {ROOT}/annotations/...
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=segmentation_features(),
-            metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
-            homepage="http://sceneparsing.csail.mit.edu/",
-        )
-
-    def _split_generators(self, dl_manager):
-        manual = manual_files.manual_dir(dl_manager)
+    def _split_examples(self, dl_manager):
         required = [f"{ROOT}/{kind}/{folder}" for kind in ("images", "annotations")
                     for folder in SPLIT_FOLDERS.values()]
-        root = manual_files.locate(manual, ARCHIVE, required, dl_manager.download_dir / "extracted") / ROOT
+        root = self._locate(dl_manager, ARCHIVE, required) / ROOT
         read_label = functools.partial(
             example_files.read_png_through_table, table=annotation_table(),
             annotation=f"SceneParsing annotation values 0..{len(CLASS_NAMES)}",
         )
-        generators = {}
+        splits_examples = {}
         for split, folder in SPLIT_FOLDERS.items():
             images = manual_files.find_files(root / "images" / folder, "ADE_*.jpg", ARCHIVE)
             examples = [
@@ -94,8 +83,5 @@ class Ade20kSceneParsing(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
                 for image in images
             ]
             manual_files.require_files([e.label for e in examples], ARCHIVE)
-            generators[split] = self._generate_examples(examples, f"ade20k_scene_parsing {split}")
-        return generators
-
-    def _generate_examples(self, examples: list[example_files.ExampleFiles], description: str):
-        yield from example_files.generate(examples, len(CLASS_NAMES), description)
+            splits_examples[split] = examples
+        return splits_examples

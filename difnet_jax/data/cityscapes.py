@@ -21,11 +21,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
+from difnet_jax.data.manual_builder import ManualSegmentationBuilder
 
 CLASS_NAMES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
@@ -52,36 +51,25 @@ def label_id_table() -> np.ndarray:
     return table
 
 
-class CityscapesFine(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class CityscapesFine(ManualSegmentationBuilder):
     """Cityscapes semantic segmentation, fine labels: 19 classes, 2,975 train / 500 validation images."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    CLASS_NAMES = CLASS_NAMES
+    HOMEPAGE = "https://www.cityscapes-dataset.com/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Put the official archives {IMAGES_ARCHIVE} and {LABELS_ARCHIVE} (www.cityscapes-dataset.com,
     after registering) in manual_dir, or what they extract to: leftImg8bit/... and gtFine/...
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=segmentation_features(),
-            metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
-            homepage="https://www.cityscapes-dataset.com/",
-        )
-
-    def _split_generators(self, dl_manager):
-        manual = manual_files.manual_dir(dl_manager)
-        extract_dir = dl_manager.download_dir / "extracted"
+    def _split_examples(self, dl_manager):
         folders = list(SPLIT_FOLDERS.values())
-        images_root = manual_files.locate(manual, IMAGES_ARCHIVE, [f"leftImg8bit/{f}" for f in folders], extract_dir)
-        labels_root = manual_files.locate(manual, LABELS_ARCHIVE, [f"gtFine/{f}" for f in folders], extract_dir)
+        images_root = self._locate(dl_manager, IMAGES_ARCHIVE, [f"leftImg8bit/{f}" for f in folders])
+        labels_root = self._locate(dl_manager, LABELS_ARCHIVE, [f"gtFine/{f}" for f in folders])
         read_label = functools.partial(
             example_files.read_png_through_table, table=label_id_table(),
             annotation=f"Cityscapes label ids 0..{NUM_LABEL_IDS - 1}",
         )
-        generators = {}
+        splits_examples = {}
         for split, folder in SPLIT_FOLDERS.items():
             images = manual_files.find_files(images_root / "leftImg8bit" / folder, f"*/*{IMAGE_SUFFIX}", IMAGES_ARCHIVE)
             examples = []
@@ -90,8 +78,5 @@ class CityscapesFine(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
                 label = labels_root / "gtFine" / folder / image.parent.name / f"{image_id}{LABEL_SUFFIX}"
                 examples.append(example_files.ExampleFiles(image_id, image, label, read_label))
             manual_files.require_files([e.label for e in examples], LABELS_ARCHIVE)
-            generators[split] = self._generate_examples(examples, f"cityscapes_fine {split}")
-        return generators
-
-    def _generate_examples(self, examples: list[example_files.ExampleFiles], description: str):
-        yield from example_files.generate(examples, len(CLASS_NAMES), description)
+            splits_examples[split] = examples
+        return splits_examples

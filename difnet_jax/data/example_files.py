@@ -24,7 +24,7 @@ from etils import epath
 from PIL import Image
 
 from difnet_jax.constants import IGNORE_LABEL
-from difnet_jax.data.synthetic_shapes import png_bytes
+from difnet_jax.data.builder_base import png_bytes
 
 log = logging.getLogger(__name__)
 

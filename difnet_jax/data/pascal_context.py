@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
+from difnet_jax.data.manual_builder import ManualSegmentationBuilder
 
 CONTEXT_59 = (
     "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book", "bottle", "building", "bus",
@@ -87,11 +87,10 @@ def read_context_label(path: epath.Path, table: np.ndarray) -> np.ndarray:
     return table[label_map].astype(np.uint8)
 
 
-class PascalContext(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class PascalContext(ManualSegmentationBuilder):
     """PASCAL-Context semantic segmentation: 59 classes (+ background), 4,998 train / 5,105 validation."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    HOMEPAGE = "https://cs.stanford.edu/~roozbeh/pascal-context/"
     BUILDER_CONFIGS = [
         PascalContextConfig(name="60", description="background 0 and the 59 classes 1..59"),
         PascalContextConfig(name="59", description="the 59 classes 0..58, background 255", background_ignored=True),
@@ -102,27 +101,20 @@ class PascalContext(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     trainval/<id>.mat and labels.txt.
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=segmentation_features(),
-            metadata=tfds.core.MetadataDict(class_names=self.builder_config.class_names),
-            homepage="https://cs.stanford.edu/~roozbeh/pascal-context/",
-        )
+    @property
+    def class_names(self) -> list[str]:
+        return self.builder_config.class_names
 
-    def _split_generators(self, dl_manager):
-        manual = manual_files.manual_dir(dl_manager)
-        extract_dir = dl_manager.download_dir / "extracted"
+    def _split_examples(self, dl_manager):
         splits = f"{VOC_ROOT}/ImageSets/Main"
         voc_required = (f"{VOC_ROOT}/JPEGImages", f"{splits}/train.txt", f"{splits}/val.txt")
-        voc = manual_files.locate(manual, VOC_ARCHIVE, voc_required, extract_dir)
-        context = manual_files.locate(manual, CONTEXT_ARCHIVE, ("trainval", "labels.txt"), extract_dir)
+        voc = self._locate(dl_manager, VOC_ARCHIVE, voc_required)
+        context = self._locate(dl_manager, CONTEXT_ARCHIVE, ("trainval", "labels.txt"))
 
         labels_path = context / "labels.txt"
         table = lookup_table(read_class_ids(labels_path), labels_path, self.builder_config.background_ignored)
         read_label = functools.partial(read_context_label, table=table)
-        generators = {}
+        splits_examples = {}
         for split, list_name in (("train", "train.txt"), ("validation", "val.txt")):
             examples = [
                 example_files.ExampleFiles(
@@ -133,9 +125,5 @@ class PascalContext(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
             ]
             manual_files.require_files([e.image for e in examples], VOC_ARCHIVE)
             manual_files.require_files([e.label for e in examples], CONTEXT_ARCHIVE)
-            description = f"pascal_context/{self.builder_config.name} {split}"
-            generators[split] = self._generate_examples(examples, description)
-        return generators
-
-    def _generate_examples(self, examples: list[example_files.ExampleFiles], description: str):
-        yield from example_files.generate(examples, len(self.builder_config.class_names), description)
+            splits_examples[split] = examples
+        return splits_examples

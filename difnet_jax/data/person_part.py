@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import pathlib
 
-import tensorflow_datasets as tfds
 from etils import epath
 
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
+from difnet_jax.data.manual_builder import ManualSegmentationBuilder
 
 CLASS_NAMES = ("background", "head", "torso", "upper arms", "lower arms", "upper legs", "lower legs")
 PARTS_ARCHIVE = "pascal_person_part.zip"
@@ -46,32 +45,21 @@ def read_split_ids(path: epath.Path) -> list[str]:
     return [pathlib.PurePosixPath(word).stem for word in manual_files.read_ids(path, PARTS_ARCHIVE)]
 
 
-class PascalPersonPart(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class PascalPersonPart(ManualSegmentationBuilder):
     """PASCAL-Person-Part human part segmentation: 7 classes, 1,716 train / 1,817 validation images."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    CLASS_NAMES = CLASS_NAMES
+    HOMEPAGE = "http://liangchiehchen.com/projects/DeepLab.html"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Put {PARTS_ARCHIVE} (liangchiehchen.com/projects/DeepLab.html) and the official
     {VOC_ARCHIVE} (host.robots.ox.ac.uk/pascal/VOC/voc2010) in manual_dir, or what they
     extract to: {PARTS_ROOT}/... and {VOC_ROOT}/...
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=segmentation_features(),
-            metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
-            homepage="http://liangchiehchen.com/projects/DeepLab.html",
-        )
-
-    def _split_generators(self, dl_manager):
-        manual = manual_files.manual_dir(dl_manager)
-        extract_dir = dl_manager.download_dir / "extracted"
-        parts = manual_files.locate(manual, PARTS_ARCHIVE, [LABELS, *SPLIT_LISTS.values()], extract_dir)
-        voc = manual_files.locate(manual, VOC_ARCHIVE, [f"{VOC_ROOT}/JPEGImages"], extract_dir) / VOC_ROOT
-        generators = {}
+    def _split_examples(self, dl_manager):
+        parts = self._locate(dl_manager, PARTS_ARCHIVE, [LABELS, *SPLIT_LISTS.values()])
+        voc = self._locate(dl_manager, VOC_ARCHIVE, [f"{VOC_ROOT}/JPEGImages"]) / VOC_ROOT
+        splits_examples = {}
         for split, list_path in SPLIT_LISTS.items():
             examples = [
                 example_files.ExampleFiles(
@@ -82,8 +70,5 @@ class PascalPersonPart(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
             ]
             manual_files.require_files([e.label for e in examples], PARTS_ARCHIVE)
             manual_files.require_files([e.image for e in examples], VOC_ARCHIVE)
-            generators[split] = self._generate_examples(examples, f"pascal_person_part {split}")
-        return generators
-
-    def _generate_examples(self, examples: list[example_files.ExampleFiles], description: str):
-        yield from example_files.generate(examples, len(CLASS_NAMES), description)
+            splits_examples[split] = examples
+        return splits_examples

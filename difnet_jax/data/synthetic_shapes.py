@@ -11,13 +11,11 @@ Configs: `default` (2,000 train / 300 validation scenes of 96x96) and `tiny`
 from __future__ import annotations
 
 import dataclasses
-import io
 
-import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from difnet_jax.data import shapes
+from difnet_jax.data.builder_base import SegmentationBuilder, png_bytes
 
 
 @dataclasses.dataclass
@@ -28,52 +26,14 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-def png_bytes(array: np.ndarray) -> io.BytesIO:
-    """Encodes an (H, W) or (H, W, 3) uint8 array as PNG, losslessly and without TensorFlow."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    buffer.seek(0)
-    return buffer
-
-
-def segmentation_features() -> tfds.features.FeaturesDict:
-    """The features every segmentation builder of this project writes."""
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-        "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, use_colormap=False),
-        "id": tfds.features.Text(),
-    })
-
-
-class ArrayRecordByDefault:
-    """Mixed into every builder of this project: array_record files unless a `file_format` is given.
-
-    TFDS's own default, TFRecord, needs TensorFlow to write; array_record does not and is what
-    `tfds.data_source` reads, so the plain TFDS entry points (`tfds.builder(name)
-    .download_and_prepare(...)`, `tfds build`) work without TensorFlow.
-    """
-
-    def __init__(self, *, file_format: str | tfds.core.FileFormat | None = None, **kwargs):
-        super().__init__(file_format=file_format or tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
-
-
-class SyntheticShapes(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class SyntheticShapes(SegmentationBuilder):
     """VOC-like synthetic scenes: 21 classes, 255 void band, ambiguous local appearance."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    CLASS_NAMES = shapes.CLASS_NAMES
     BUILDER_CONFIGS = [
         SyntheticShapesConfig(name="default", description="2,000 train / 300 validation 96x96 scenes"),
         SyntheticShapesConfig(name="tiny", description="48 / 16 scenes for tests", num_train=48, num_validation=16),
     ]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=segmentation_features(),
-            metadata=tfds.core.MetadataDict(class_names=list(shapes.CLASS_NAMES)),
-        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download.

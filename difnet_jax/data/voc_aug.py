@@ -17,11 +17,10 @@ Bad examples: see `example_files` (DIFNET_SKIP_BAD_EXAMPLES).
 from __future__ import annotations
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
 
 from difnet_jax.data import example_files, manual_files
-from difnet_jax.data.synthetic_shapes import ArrayRecordByDefault, segmentation_features
+from difnet_jax.data.manual_builder import ManualSegmentationBuilder
 
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -40,33 +39,22 @@ def read_sbd_label(path: epath.Path) -> np.ndarray:
     return example_files.read_mat_array(path, "GTcls", "Segmentation")
 
 
-class VocAug(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class VocAug(ManualSegmentationBuilder):
     """PASCAL VOC 2012 + SBD semantic segmentation: 21 classes, 10,582 train / 1,449 validation images."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    CLASS_NAMES = CLASS_NAMES
+    HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Put the official archives {VOC_ARCHIVE} (host.robots.ox.ac.uk/pascal/VOC/voc2012) and {SBD_ARCHIVE}
     (SBD, www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours) in manual_dir,
     or what they extract to: {VOC_ROOT}/... and {SBD_ROOT}/...
     """
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=segmentation_features(),
-            metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
-            homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-        )
-
-    def _split_generators(self, dl_manager):
-        manual = manual_files.manual_dir(dl_manager)
-        extract_dir = dl_manager.download_dir / "extracted"
+    def _split_examples(self, dl_manager):
         voc_required = [f"{VOC_ROOT}/{path}" for path in ("JPEGImages", "SegmentationClass", *VOC_SPLIT_LISTS)]
-        voc = manual_files.locate(manual, VOC_ARCHIVE, voc_required, extract_dir) / VOC_ROOT
+        voc = self._locate(dl_manager, VOC_ARCHIVE, voc_required) / VOC_ROOT
         sbd_required = [f"{SBD_ROOT}/{path}" for path in ("img", "cls", *SBD_SPLIT_LISTS)]
-        sbd = manual_files.locate(manual, SBD_ARCHIVE, sbd_required, extract_dir) / SBD_ROOT
+        sbd = self._locate(dl_manager, SBD_ARCHIVE, sbd_required) / SBD_ROOT
 
         voc_train, voc_val = (manual_files.read_ids(voc / path, VOC_ARCHIVE) for path in VOC_SPLIT_LISTS)
         sbd_ids = [image_id for path in SBD_SPLIT_LISTS for image_id in manual_files.read_ids(sbd / path, SBD_ARCHIVE)]
@@ -89,10 +77,4 @@ class VocAug(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
         from_sbd = [e for e in train if e.id not in voc_annotated]
         manual_files.require_files([path for e in from_voc for path in (e.image, e.label)], VOC_ARCHIVE)
         manual_files.require_files([path for e in from_sbd for path in (e.image, e.label)], SBD_ARCHIVE)
-        return {
-            "train": self._generate_examples(train, "voc_aug train"),
-            "validation": self._generate_examples(validation, "voc_aug validation"),
-        }
-
-    def _generate_examples(self, examples: list[example_files.ExampleFiles], description: str):
-        yield from example_files.generate(examples, len(CLASS_NAMES), description)
+        return {"train": train, "validation": validation}
