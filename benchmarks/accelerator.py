@@ -1,4 +1,4 @@
-"""One command that proves and measures the accelerator paths (issue 14): checks first, then figures.
+"""One command that proves and measures the accelerator paths: checks first, then figures.
 
   python -m benchmarks.accelerator --out=runs/accelerator            # full sweep (GPU/TPU)
   python -m benchmarks.accelerator --out=runs/accelerator --quick    # sized for < 8 min on one H100
@@ -29,7 +29,8 @@ What it does, in order (each part lands in DIR/report.md and DIR/report.json):
    (variants of experiments/configs/variants.py; those not in the table yet are listed as absent);
 4. the main job end to end: `python -m experiments.voc` on `difnet18,synthetic` and with
    `--config.model.width=64`, as subprocesses, with wall time and final mIoU (from metrics.jsonl);
-5. the targets of issue 14 section 2, each marked met / missed (or not measured).
+5. the performance targets (`targets`: diffusion latency, fraction of the matmul rate, against PyTorch, ...),
+   each marked met / missed (or not measured).
 
 --quick keeps to a time budget (--budget_s, 430 s from the start; the cascade sweep may start items until
 45% of it, the PyTorch rows 55%, the models 80%, the main job until the end, when it is stopped): what
@@ -62,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import platform
 import re
@@ -437,8 +439,11 @@ def _best(rows, **match):
     return min(timed, key=lambda r: r["seconds"], default=None)
 
 
+TARGETS_HEADING = "## Performance targets (for GPUs and TPUs; some for an H100)"
+
+
 def targets(cascade_rows, torch_rows, model_rows, train_info, device_kind: str, platform: str = "gpu") -> list[dict]:
-    """Issue 14 section 2, from what this run measured (the targets are for GPUs and TPUs, some for an H100)."""
+    """The performance targets, from what this run measured (they are for GPUs and TPUs, some for an H100)."""
     on_h100 = "H100" in device_kind
     out = []
 
@@ -588,7 +593,7 @@ def render(data: dict) -> str:
                              f"{r.get('returncode', '')} | {r.get('note', '')} |")
             lines += ["", "Commands (from the repository root): "
                       + "; ".join(f"`python {r['command']}`" for r in data["e2e"])]
-    lines += ["", "## Targets (issue 14, section 2)", "", "| target | measured | status |", "| --- | --- | --- |"]
+    lines += ["", TARGETS_HEADING, "", "| target | measured | status |", "| --- | --- | --- |"]
     lines += [f"| {t['target']} | {t['value']} | {t['status']} |" for t in data["targets"]]
     parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in data["part_seconds"].items())
     lines += ["", "## Conditions", "", f"{data['conditions']} Parts: {parts}.", ""]
@@ -673,6 +678,9 @@ def main(argv):
         raise app.UsageError("--out=DIR is required")
     if _QUICK.value and _SMOKE.value:
         raise app.UsageError("--quick and --smoke exclude each other")
+    # absl's app.run logs at INFO, where JAX reports each backend it tries and lacks ("Unable to initialize
+    # backend 'tpu'"): nothing this check's user needs. Its warnings and errors still show.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     # Before JAX starts its backend: no 75%-of-the-GPU pool, so that torch's peer rows and the main job's
     # subprocesses find memory (XLA's peak-memory figures come from its compiled programs, not the pool).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -1,16 +1,27 @@
-"""Input-pipeline throughput vs. the train step's consumption rate, on VOC- or Cityscapes-sized images.
+"""Input-pipeline throughput: the project's train transform against an albumentations + OpenCV peer, per core,
+the grain loader at several worker counts, and the images/s a train step consumes.
 
---dataset=voc_aug: builds a `voc_aug` manual_dir in the real layout from synthetic scenes
-resized to 500x375 (VOC's usual size; JPEG images, palette-PNG and GTcls .mat labels).
---dataset=cityscapes: a Cityscapes manual_dir in the real layout (leftImg8bit RGB PNGs of
-2048x1024 with mild noise, so that they are about the real files' 2 MB, and gtFine labelIds PNGs).
-Prepares it with the project's builder, then measures images/s of the grain train loader
-(decode, random scale 0.5-1.5, pad, crop, flip, normalise) at the dataset's crop (321 / 769) for
-several worker counts, and the images/s a DifNet train step consumes at that crop on this machine.
+For each --dataset, writes a manual_dir in the real layout and prepares it with the project's builder:
+--dataset=voc_aug: VOC 2012 + SBD from synthetic scenes resized to 500x375 (VOC's usual size; JPEG images,
+palette-PNG and GTcls .mat labels), crop 321. --dataset=cityscapes: leftImg8bit RGB PNGs of 2048x1024 with mild
+noise, so that they are about the real files' 2-3 MB, and gtFine labelIds PNGs, crop 769.
 
-  python -m benchmarks.input_pipeline --num_images=160 --workers=0,1,2 --depths=18
-  python -m benchmarks.input_pipeline --dataset=cityscapes --num_images=24 --workers=0,2 --depths= \
-      --batch_size=8 --batches=6 --output=BENCHMARKS.md
+Per core (CPU seconds of this process; OpenCV single-threaded, as `pipeline` sets it), on the same stored records,
+interleaved round by round so that both see the same load:
+- project: what the train loader does: the record's bytes (`pipeline.encoded_images`) + `TrainTransform`, which
+  decodes them (OpenCV) and crops before it resizes;
+- peer: the record's bytes, `cv2.imdecode` (+ BGR -> RGB) of image and label, then albumentations'
+  RandomScale(0.5..1.5, bilinear) + PadIfNeeded(crop, mean / 255, bottom-right) + RandomCrop + HorizontalFlip +
+  Normalize (ImageNet mean and std): the same steps. albumentations is not a requirement of the project:
+  `pip install albumentations` to get these rows;
+- decode alone: the record's bytes and `cv2.imdecode` of image and label, which both of the above do first; its
+  rate over the peer's is the most project / peer could reach with a transform costing nothing;
+- previous: the record's bytes decoded with PIL (TFDS's fallback) and the transform as it was before issue 23
+  (the whole image resized with PIL, then padded and cropped).
+Then the grain train loader's images/s (wall clock, start-up not counted) for each --workers count.
+
+  python -m benchmarks.input_pipeline --dataset=voc_aug,cityscapes --workers=0,1,2 --depths=
+  python -m benchmarks.input_pipeline --dataset=voc_aug --workers=0,1,2 --depths=18 --output=BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -21,28 +32,38 @@ import platform
 import tempfile
 import time
 
+import cv2
 import jax
 import numpy as np
 import scipy.io
 from absl import app, flags
 from PIL import Image
+from tensorflow_datasets.core.features import image_feature
 
 from benchmarks import report
 from difnet_jax import train
+from difnet_jax.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 from difnet_jax.data import pipeline, shapes
 from experiments.configs import cityscapes as cityscapes_config
 from experiments.configs import voc as voc_config
 
-_DATASET = flags.DEFINE_enum("dataset", "voc_aug", ["voc_aug", "cityscapes"], "Which dataset's layout and sizes.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 160, "Images in the generated train split.")
+DATASETS = ("voc_aug", "cityscapes")
+_DATASET = flags.DEFINE_list("dataset", ["voc_aug", "cityscapes"], f"Datasets to generate and time, of {DATASETS}.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 0, "Images in each generated train split; 0: 160 voc_aug, 24 "
+                                   "cityscapes.")
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to time.")
 _DEPTHS = flags.DEFINE_list("depths", ["18"], "DifNet depths whose train step is timed (the dataset's crop).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Batch size of the loader and the train step.")
-_BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per worker count.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Batch size of the loader and the train step.")
+_BATCHES = flags.DEFINE_integer("batches", 8, "Batches timed per worker count.")
+_PER_CORE_IMAGES = flags.DEFINE_integer("per_core_images", 64, "Images timed per way in the per-core comparison, "
+                                        "in rounds of 8 that alternate the ways.")
+_PREVIOUS = flags.DEFINE_bool("previous", True, "Also time the transform as it was before issue 23.")
 _OUTPUT = flags.DEFINE_string("output", "", "Markdown file the section is appended to; empty: print only.")
 
 CROP_SIZE = {"voc_aug": voc_config.DATASET.crop_size, "cityscapes": cityscapes_config.DATASET.crop_size}
 GET_CONFIG = {"voc_aug": voc_config.get_config, "cityscapes": cityscapes_config.get_config}
+DEFAULT_IMAGES = {"voc_aug": 160, "cityscapes": 24}
+DESCRIPTION = {"voc_aug": "500x375 JPEG", "cityscapes": "2048x1024 PNG"}
 CITYSCAPES_SIZE = (2048, 1024)
 CITIES = ("aachen", "bochum", "bremen")
 
@@ -113,13 +134,92 @@ def loader_rate(source, workers: int, batches: int, batch_size: int, crop_size: 
     return batch_size * batches / (time.perf_counter() - start)
 
 
-def cpu_seconds_per_image(source, crop_size: int, count: int = 8) -> float:
-    """CPU time (this process, so less sensitive to other jobs than wall time) to decode and augment one image."""
-    transform, rng = pipeline.TrainTransform(crop_size), np.random.default_rng(0)
-    start = time.process_time()
-    for index in range(count):
-        transform.random_map(source[index % len(source)], rng)
-    return (time.process_time() - start) / count
+def previous_transform(image: np.ndarray, label: np.ndarray, crop: int, rng: np.random.Generator):
+    """`pipeline.TrainTransform` before issue 23: the whole image resized (PIL), padded, cropped, flipped."""
+    scale = rng.uniform(0.5, 1.5)
+    height, width = max(int(image.shape[0] * scale + 0.5), 1), max(int(image.shape[1] * scale + 0.5), 1)
+    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+    pad_y, pad_x = max(crop - height, 0), max(crop - width, 0)
+    if pad_y or pad_x:
+        padded = np.empty((height + pad_y, width + pad_x, 3), np.uint8)
+        padded[:] = IMAGENET_MEAN.round().astype(np.uint8)
+        padded[:height, :width] = image
+        image = padded
+        label = np.pad(label, ((0, pad_y), (0, pad_x)), constant_values=IGNORE_LABEL)
+    top = rng.integers(0, image.shape[0] - crop + 1)
+    left = rng.integers(0, image.shape[1] - crop + 1)
+    image, label = image[top : top + crop, left : left + crop], label[top : top + crop, left : left + crop]
+    if rng.uniform() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return {"image": (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD,
+            "label": np.ascontiguousarray(label, dtype=np.int32)}
+
+
+def albumentations_peer(crop: int):
+    """(decode + augment of one record's bytes, albumentations' version) the peer's way, or None if not installed."""
+    try:
+        import albumentations as A  # noqa: N812 (its documented name)
+    except ImportError:
+        return None
+    augment = A.Compose([
+        A.RandomScale(scale_limit=(-0.5, 0.5), interpolation=cv2.INTER_LINEAR, p=1.0),  # factor 1 + U(-0.5, 0.5)
+        A.PadIfNeeded(crop, crop, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=pipeline.PAD_COLOUR,
+                      fill_mask=IGNORE_LABEL),
+        A.RandomCrop(crop, crop),
+        A.HorizontalFlip(p=0.5),
+        A.Normalize(mean=tuple(float(v) for v in IMAGENET_MEAN / 255), std=tuple(float(v) for v in IMAGENET_STD / 255),
+                    max_pixel_value=255.0),
+    ], seed=0)
+
+    def peer(record):
+        image = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_COLOR)
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        label = cv2.imdecode(np.frombuffer(record["label"], np.uint8), cv2.IMREAD_UNCHANGED)
+        return augment(image=image, mask=label)
+
+    return peer, A.__version__
+
+
+def per_core_rates(source, crop: int, count: int, previous: bool) -> tuple[dict[str, float], str | None]:
+    """Images per CPU-second of each way (project, decode, peer, previous) over the same records, in alternating
+    rounds."""
+    transform, raw_source = pipeline.TrainTransform(crop), pipeline.encoded_images(source)
+    features = source.dataset_info.features
+
+    def project(index, rng):
+        return transform.random_map(raw_source[index], rng)
+
+    def previous_way(index, rng):
+        record = raw_source[index]
+        image = features["image"].decode_example_np_with_pil(record["image"], 3)
+        label = features["label"].decode_example_np_with_pil(record["label"], 1)[..., 0]
+        return previous_transform(image, label, crop, rng)
+
+    def decode_only(index, rng):  # what both project and peer do first: no transform can go below it
+        record = raw_source[index]
+        image = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_COLOR)
+        return image, cv2.imdecode(np.frombuffer(record["label"], np.uint8), cv2.IMREAD_UNCHANGED)
+
+    ways = {"project": project, "decode": decode_only}
+    peer = albumentations_peer(crop)
+    if peer is not None:
+        ways["peer"] = lambda index, rng: peer[0](raw_source[index])
+    if previous:
+        ways["previous"] = previous_way
+    seconds, done = dict.fromkeys(ways, 0.0), dict.fromkeys(ways, 0)
+    round_size, images = 8, min(len(source), 8)
+    for way in ways.values():  # warm-up, not counted
+        way(0, np.random.default_rng(0))
+    for round_index in range((count + round_size - 1) // round_size):
+        for name, way in ways.items():
+            rng = np.random.default_rng(round_index)  # project and previous: the same draws
+            start = time.process_time()
+            for i in range(round_size):
+                way((round_index * round_size + i) % images, rng)
+            seconds[name] += time.process_time() - start
+            done[name] += round_size
+    return {name: done[name] / seconds[name] for name in ways}, (peer[1] if peer else None)
 
 
 def step_rate(dataset: str, depth: int, batch_size: int) -> float:
@@ -138,45 +238,86 @@ def step_rate(dataset: str, depth: int, batch_size: int) -> float:
     return batch_size / (time.perf_counter() - start)
 
 
+def measure(dataset: str, tmp: str, batch_size: int) -> dict:
+    """The figures of one dataset: prepare time, per-core rates, loader rates, train-step rates."""
+    crop, num_images = CROP_SIZE[dataset], _NUM_IMAGES.value or DEFAULT_IMAGES[dataset]
+    manual_dir, data_dir = os.path.join(tmp, dataset, "manual"), os.path.join(tmp, dataset, "tfds")
+    (write_cityscapes_tree if dataset == "cityscapes" else write_voc_aug_tree)(manual_dir, num_images)
+    prepare_start = time.perf_counter()
+    pipeline.prepare(dataset, data_dir, manual_dir)
+    prepare_seconds = time.perf_counter() - prepare_start
+    source = pipeline.source(dataset, "train", data_dir)
+    rates, peer_version = per_core_rates(source, crop, _PER_CORE_IMAGES.value, _PREVIOUS.value)
+    loader = {w: loader_rate(source, int(w), _BATCHES.value, batch_size, crop) for w in _WORKERS.value}
+    steps = {d: step_rate(dataset, int(d), batch_size) for d in _DEPTHS.value if d}
+    return {"crop": crop, "train_images": len(source), "prepare_seconds": prepare_seconds, "per_core": rates,
+            "peer_version": peer_version, "loader": loader, "steps": steps}
+
+
+def table(results: dict[str, dict], batch_size: int) -> list[str]:
+    names = list(results)
+    cell = lambda value, fmt="{:.1f}": fmt.format(value) if value is not None else "n/a"
+    rows = [("| what | " + " | ".join(f"{n}: {DESCRIPTION[n]}, crop {r['crop']}" for n, r in results.items()) + " |"),
+            "| --- |" + " --- |" * len(names)]
+
+    def row(label, values):
+        rows.append(f"| {label} | " + " | ".join(values) + " |")
+
+    rate = lambda r, way: r["per_core"].get(way)
+    ratio = lambda r, way: (rate(r, way) / rate(r, "peer")) if rate(r, way) and rate(r, "peer") else None
+    version = next((r["peer_version"] for r in results.values() if r["peer_version"]), None)
+    row("project: TrainTransform (OpenCV decode, crop, then resize the window), images per CPU-second",
+        [cell(rate(r, "project")) for r in results.values()])
+    row(f"peer: cv2.imdecode + albumentations {version or '(not installed: pip install albumentations)'}, "
+        "images per CPU-second", [cell(rate(r, "peer")) for r in results.values()])
+    row("**project / peer**", [f"**{cell(ratio(r, 'project'), '{:.2f}x')}**" for r in results.values()])
+    row("decode alone (record read + cv2.imdecode of image and label, as both do), images per CPU-second",
+        [cell(rate(r, "decode")) for r in results.values()])
+    row("ceiling of project / peer (a transform costing nothing): decode alone / peer",
+        [cell(ratio(r, "decode"), "{:.2f}x") for r in results.values()])
+    if _PREVIOUS.value:
+        row("previous project (PIL decode, whole image resized then cropped), images per CPU-second",
+            [cell(rate(r, "previous")) for r in results.values()])
+        row("previous / peer", [cell(ratio(r, "previous"), "{:.2f}x") for r in results.values()])
+    for workers in _WORKERS.value:
+        row(f"grain train loader, {workers} worker(s), images/s (wall clock)",
+            [cell(r["loader"][workers]) for r in results.values()])
+    device = jax.devices()[0]
+    for depth in (d for d in _DEPTHS.value if d):
+        row(f"DifNet-{depth} train step (fwd+bwd, batch {batch_size}, {device.platform}), images/s",
+            [cell(r["steps"][depth], "{:.2f}") for r in results.values()])
+    return rows
+
+
 def main(argv):
     del argv
+    unknown = set(_DATASET.value) - set(DATASETS)
+    if unknown:
+        raise app.UsageError(f"--dataset: {sorted(unknown)} not among {DATASETS}")
     start, load = time.perf_counter(), os.getloadavg()
-    dataset, batch_size, crop = _DATASET.value, _BATCH_SIZE.value, CROP_SIZE[_DATASET.value]
+    batch_size = _BATCH_SIZE.value
     with tempfile.TemporaryDirectory() as tmp:
-        manual_dir, data_dir = os.path.join(tmp, "manual"), os.path.join(tmp, "tfds")
-        if dataset == "cityscapes":
-            write_cityscapes_tree(manual_dir, _NUM_IMAGES.value)
-            image_size = "x".join(map(str, CITYSCAPES_SIZE))
-        else:
-            write_voc_aug_tree(manual_dir, _NUM_IMAGES.value)
-            image_size = "500x375"
-        prepare_start = time.perf_counter()
-        pipeline.prepare(dataset, data_dir, manual_dir)
-        prepare_seconds = time.perf_counter() - prepare_start
-        source = pipeline.source(dataset, "train", data_dir)
-        rates = {w: loader_rate(source, int(w), _BATCHES.value, batch_size, crop) for w in _WORKERS.value}
-        rows = [f"| grain train loader, {w} worker(s) | {rate:.1f} |" for w, rate in rates.items()]
-        cpu_seconds = cpu_seconds_per_image(source, crop)
-        rows.append(f"| decode + augment in one thread: {cpu_seconds:.2f} CPU s per image, i.e. per free core | "
-                    f"{1 / cpu_seconds:.1f} |")
-    device = jax.devices()[0]
-    rows += [f"| DifNet-{d} train step (fwd+bwd, batch {batch_size}, {device.platform}) | "
-             f"{step_rate(dataset, int(d), batch_size):.2f} |" for d in _DEPTHS.value if d]
-    flags_text = (f"--dataset={dataset} --num_images={_NUM_IMAGES.value} --workers={','.join(_WORKERS.value)} "
-                  f"--depths={','.join(_DEPTHS.value)} --batch_size={batch_size} --batches={_BATCHES.value}")
+        results = {dataset: measure(dataset, tmp, batch_size) for dataset in _DATASET.value}
+    if not any(r["peer_version"] for r in results.values()):
+        print("albumentations is not installed: the peer's rows are empty (pip install albumentations)")
+    decoder = f"OpenCV {cv2.__version__}" if image_feature.cv2 is not None else "PIL"
+    flags_text = (f"--dataset={','.join(_DATASET.value)} --num_images={_NUM_IMAGES.value} "
+                  f"--workers={','.join(_WORKERS.value)} --depths={','.join(_DEPTHS.value)} --batch_size={batch_size} "
+                  f"--batches={_BATCHES.value} --per_core_images={_PER_CORE_IMAGES.value}")
+    prepared = "; ".join(f"{n}: {r['train_images']} train images prepared in {r['prepare_seconds']:.1f} s"
+                         for n, r in results.items())
     text = "\n".join([
-        f"## Input pipeline vs. train step, {dataset}, crop {crop} ({datetime.date.today()}, {platform.node()}, "
-        f"{os.cpu_count()} CPU cores, {device.device_kind})",
+        f"## Input pipeline per core vs. albumentations + OpenCV, and the grain loader ({datetime.date.today()}, "
+        f"{platform.node()}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind})",
         "",
         f"Command: `python -m benchmarks.input_pipeline {flags_text}`",
         "",
-        f"{dataset} prepare of {len(source)} train images of {image_size}: {prepare_seconds:.1f} s. "
-        f"Loader: {_BATCHES.value} batches of {batch_size} timed after the first. {report.conditions(start, load)} "
-        f"Load average at the end {os.getloadavg()[0]:.1f}.",
+        f"{prepared}. TFDS decodes (evaluation) with {decoder}. Per core: {_PER_CORE_IMAGES.value} images per way, "
+        "CPU time of this process, OpenCV single-threaded, in alternating rounds of 8 over the same records. Loader: "
+        f"{_BATCHES.value} batches of {batch_size} timed after the first. {report.conditions(start, load)} Load "
+        f"average at the end {os.getloadavg()[0]:.1f}.",
         "",
-        "| what | images/s |",
-        "| --- | --- |",
-        *rows,
+        *table(results, batch_size),
         "",
     ])
     if _OUTPUT.value:

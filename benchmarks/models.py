@@ -93,13 +93,14 @@ def model_label(variant: str) -> str:
 
 
 def _affinity_setup(config, labels: np.ndarray) -> str | None:
-    """For a DeepLabv3+ with the affinity head whose weighting needs statistics: counts them on `labels`, writes
-    them to a temporary JSON file and points the config at it; returns the path (None when nothing was needed)."""
+    """For a DeepLabv3+ with the affinity head (whose bias starts from the statistics, whatever the weighting):
+    counts them on `labels`, writes them to a temporary JSON file and points the config at it; returns the path
+    (None when nothing was needed)."""
     if config.model.name != "deeplabv3plus":
         return None
     own = config.model.deeplabv3plus
     rates = affinity.expand_rates(tuple(own.affinity_rates))
-    if not rates or own.affinity_weighting not in affinity.NEEDS_STATS:
+    if not rates:
         return None
     stats = affinity.count_neighbours(labels, rates)
     handle, path = tempfile.mkstemp(suffix=".json", prefix="affinity_stats_")

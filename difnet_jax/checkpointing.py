@@ -22,13 +22,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from difnet_jax import config_compat
+from difnet_jax.config_errors import ConfigError, PathError
 
 log = logging.getLogger(__name__)
 
 # Keys that say where things are or how they are computed, not what is trained: they may change on resume.
 # (backbone_init only seeds a fresh run: a resumed run reads its weights from the checkpoint.)
 RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "data.eval_mode", "data.eval_stride",
-                     "data.eval_size", "model.difnet.diffusion_backend",
+                     "data.eval_size", "model.difnet.diffusion_backend", "model.pdn.impl",
+                     "model.deeplabv3plus.affinity_stats_data_dir", "model.deeplabv3plus.propagation_lambda",
+                     "model.deeplabv3plus.propagation_mu", "model.deeplabv3plus.propagation_iterations",
                      "model.backbone_init", "model.verify_backbone_init")
 
 
@@ -85,18 +88,20 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None
         saved = config_compat.upgrade_saved(json.load(f))
     saved = _flatten({k: v for k, v in saved.items() if k in ("model", "data")})
     current = _flatten({k: v for k, v in json.loads(config.to_json_best_effort()).items() if k in ("model", "data")})
-    for key in sorted(current.keys() - saved.keys()):
-        log.warning("%s/config.json has no %s (a newer key); resuming with %r.", workdir, key, current[key])
     differing = sorted(
         key for key in saved.keys()
         if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
     )
-    if differing:
+    if "model.name" in differing:  # another family: its own keys differ too, the name says it all
+        differing = ["model.name"]
+    if differing:  # refused before any warning about newer keys: one line
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
-        raise ValueError(
+        raise ConfigError(
             f"Refusing to resume {workdir}: its checkpoints were trained with another model or data config "
             f"({details}). Use a new --workdir, or restore these values."
         )
+    for key in sorted(current.keys() - saved.keys()):
+        log.warning("%s/config.json has no %s (a newer key); resuming with %r.", workdir, key, current[key])
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -105,21 +110,27 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def check_workdir(workdir: str, state_shapes: Any, keep: int) -> None:
-    """Fails early, with the path, if `workdir` cannot be written or lacks space for `keep + 1` checkpoints."""
+def check_writable(directory: str, what: str = "workdir", flag: str = "--workdir") -> None:
+    """Creates `directory` if needed and writes a probe file there; PathError naming it if that fails."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write_probe_{jax.process_index()}_{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
     except OSError as error:
-        raise OSError(f"workdir {workdir!r} is not writable: {error}") from error
+        raise PathError(f"{what} {directory!r} is not writable ({error.strerror or error}): "
+                          f"choose another {flag}") from error
+
+
+def check_workdir(workdir: str, state_shapes: Any, keep: int) -> None:
+    """Fails early, with the path, if `workdir` cannot be written or lacks space for `keep + 1` checkpoints."""
+    check_writable(workdir)
     state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state_shapes))
     needed = (keep + 1) * state_bytes
     free = shutil.disk_usage(workdir).free
     if free < needed:
-        raise OSError(
+        raise PathError(
             f"workdir {workdir!r} has {free / 2**20:.0f} MiB free, but {keep + 1} checkpoints of this model need "
             f"about {needed / 2**20:.0f} MiB; free space or lower config.train.keep_checkpoints."
         )

@@ -9,8 +9,9 @@ import ml_collections
 from difnet_jax import optimizer, weight_files
 from difnet_jax.config_errors import ConfigError, positive_int, require  # noqa: F401  (ConfigError re-exported)
 from difnet_jax.constants import COMPUTE_DTYPES, EVAL_MODES
+from difnet_jax.data import normalization
 from difnet_jax.models import FAMILIES
-from difnet_jax.models.resnet import STAGE_SIZES
+from difnet_jax.models.resnet import LAYOUTS, STAGE_SIZES
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -26,6 +27,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(all(positive_int(r) for r in model.aspp_rates) and len(model.aspp_rates) > 0,
              "model.aspp_rates", tuple(model.aspp_rates), "a non-empty sequence of positive integers")
     require(model.dtype in COMPUTE_DTYPES, "model.dtype", model.dtype, f"one of {tuple(COMPUTE_DTYPES)}")
+    require(model.get("resnet_layout", "torchvision") in LAYOUTS, "model.resnet_layout", model.get("resnet_layout"),
+            f"one of {LAYOUTS}")
     if not isinstance(model.get(model.name), ml_collections.ConfigDict):
         raise ConfigError(f"config.model.{model.name} is missing: the keys of the {model.name!r} family live there "
                           "(pick a variant of that family rather than overriding model.name)")
@@ -33,16 +36,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_backbone_init(model)
 
     require(isinstance(data.name, str) and bool(data.name), "data.name", data.name, "a TFDS dataset name")
-    require(positive_int(data.crop_size) and data.crop_size >= 9, "data.crop_size", data.crop_size,
-             "an integer >= 9 (8k+1 aligns the output-stride-8 grid)")
+    _check_crop_alignment(data.crop_size, model.name, FAMILIES[model.name].train_output_stride(model))
     require(positive_int(data.eval_size), "data.eval_size", data.eval_size, "a positive integer")
     require(data.get("eval_mode", "pad") in EVAL_MODES, "data.eval_mode", data.get("eval_mode"), f"one of {EVAL_MODES}")
     require(positive_int(data.get("eval_stride", 1)), "data.eval_stride", data.get("eval_stride"),
             "a positive integer (the sliding windows' stride in pixels)")
     low, high = tuple(data.scale_range)
     require(0 < low < high, "data.scale_range", tuple(data.scale_range), "(low, high) with 0 < low < high")
+    step = data.get("scale_step", 0.0)
+    require(isinstance(step, (int, float)) and not isinstance(step, bool) and 0 <= step <= high - low,
+            "data.scale_step", step, f"0 (any scale in scale_range) or a step in (0, {high - low:g}] between scales")
     require(isinstance(data.num_workers, int) and data.num_workers >= 0, "data.num_workers", data.num_workers,
              "an integer >= 0")
+    input_normalization = data.get("normalization", "imagenet")
+    normalization.check(input_normalization)
+    if model.backbone_init:  # torchvision's weights read RGB normalised by ImageNet's mean and std
+        require(input_normalization == "imagenet", "data.normalization", input_normalization,
+                f"'imagenet' with model.backbone_init={model.backbone_init!r} (the input the weights were trained on)")
 
     for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints"):
@@ -68,7 +78,10 @@ def _check_backbone_init(model: ml_collections.ConfigDict) -> None:
         require(not model.frozen_backbone_bn, "model.frozen_backbone_bn", True,
                  "False when training from scratch (no model.backbone_init)")
         return
-    if not os.path.isfile(path):
+    layout = model.get("resnet_layout", "torchvision")
+    require(layout == "torchvision", "model.resnet_layout", layout,
+            f"'torchvision' with model.backbone_init={path!r} (the layout torchvision's weights were trained in)")
+    if not os.path.isfile(path) and not model.get("backbone_pretraining", ""):  # `pretrained`: made when missing
         raise ConfigError(
             f"config.model.backbone_init={path!r}: no such file. Fetch torchvision's ImageNet ResNet-{model.depth} "
             "and convert it (README, 'Pretrained backbones'): python -m experiments.convert_weights "
@@ -76,3 +89,17 @@ def _check_backbone_init(model: ml_collections.ConfigDict) -> None:
         )
     require(path.lower().endswith(weight_files.SUFFIXES), "model.backbone_init", path,
              f"a file ending in one of {weight_files.SUFFIXES}")
+
+
+def _check_crop_alignment(crop: int, family: str, stride: int) -> None:
+    """Crops of stride * k + 1 pixels (k >= 1): the grid's first and last cells sit on the crop's corners.
+
+    Each family says the stride it trains at (`Family.train_output_stride`); the error names the
+    nearest valid sizes.
+    """
+    if positive_int(crop) and crop > stride and crop % stride == 1:
+        return
+    below = ((crop - 1) // stride) * stride + 1 if isinstance(crop, int) else 0
+    nearest = [size for size in (below, below + stride) if size > stride] or [stride + 1]
+    require(False, "data.crop_size", crop, f"{stride}k+1 pixels for {family}, which trains at output stride {stride}: "
+            f"{' or '.join(str(size) for size in nearest)}")

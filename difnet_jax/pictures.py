@@ -125,7 +125,8 @@ class ValidationPictures:
             return
         height = network_size(max(image.shape[0] for image in self.images))
         width = network_size(max(image.shape[1] for image in self.images))
-        canvas = np.stack([pipeline.normalize(pipeline.pad_to(image, label, height, width)[0])
+        norm = options.normalization
+        canvas = np.stack([pipeline.normalize(pipeline.pad_to(image, label, height, width, norm)[0], norm)
                            for image, label in zip(self.images, self.labels)])
         mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
         replicated = NamedSharding(mesh, P())

@@ -8,6 +8,10 @@ An image is padded (mean colour) to the run's eval canvas, eval_size x eval_size
 that one compiled program serves every image, and the prediction is cropped back.
 An image whose longer side exceeds eval_size is first resized down (bilinear) so that
 it fits, and its prediction resized back to the original size (nearest).
+
+A folder's inputs are its image files by extension (`IMAGE_SUFFIXES`); other files are
+counted and left alone. Refusals (a missing input, existing outputs, an output that would
+replace an input) are `config_errors` user errors, checked before anything is written.
 """
 
 from __future__ import annotations
@@ -22,18 +26,39 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from difnet_jax import visualize
+from difnet_jax.config_errors import ArgumentError, ExistingOutputError, MissingPathError
 from difnet_jax.data import pipeline
+from difnet_jax.data.normalization import IMAGENET, Normalization
 from difnet_jax.evaluation.evaluator import network_size
 
 log = logging.getLogger(__name__)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    images: list[str]  # the files to segment
+    skipped: list[str]  # files of the folder that are not images by extension
+
+
+def find_inputs(path: str) -> Inputs:
+    """The file `path` (whatever its name), or the image files directly inside the folder `path` (sorted,
+    hidden ones left out; the others in `skipped`). MissingPathError if `path` does not exist."""
+    if not os.path.exists(path):
+        raise MissingPathError(f"input {path!r} does not exist: pass an image file or a folder of images")
+    if not os.path.isdir(path):
+        return Inputs([path], [])
+    names = sorted(n for n in os.listdir(path) if not n.startswith(".") and os.path.isfile(os.path.join(path, n)))
+    is_image = {n: n.lower().endswith(IMAGE_SUFFIXES) for n in names}
+    return Inputs([os.path.join(path, n) for n in names if is_image[n]],
+                  [os.path.join(path, n) for n in names if not is_image[n]])
+
+
 def list_inputs(path: str) -> list[str]:
-    """The file `path`, or every file directly inside the folder `path` (sorted, hidden ones left out)."""
-    if os.path.isdir(path):
-        names = sorted(n for n in os.listdir(path) if not n.startswith("."))
-        return [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
-    return [path]
+    """`find_inputs(path).images`."""
+    return find_inputs(path).images
 
 
 def output_names(inputs: Sequence[str]) -> dict[str, str]:
@@ -63,11 +88,12 @@ def load_image(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({error})") from error
 
 
-def segment(probabilities_fn: Callable[[np.ndarray], jax.Array], image: np.ndarray, eval_size: int) -> np.ndarray:
+def segment(probabilities_fn: Callable[[np.ndarray], jax.Array], image: np.ndarray, eval_size: int,
+            normalization: Normalization = IMAGENET) -> np.ndarray:
     """(H, W) uint8 class indices of `image` (H, W, 3) uint8.
 
-    `probabilities_fn` maps normalised images (1, S, S, 3), S = network_size(eval_size),
-    to class scores or probabilities (1, S, S, K).
+    `probabilities_fn` maps images normalised by `normalization` (the run's config.data.normalization),
+    (1, S, S, 3), S = network_size(eval_size), to class scores or probabilities (1, S, S, K).
     """
     height, width = image.shape[:2]
     canvas = network_size(eval_size)
@@ -76,8 +102,8 @@ def segment(probabilities_fn: Callable[[np.ndarray], jax.Array], image: np.ndarr
         scale = eval_size / max(height, width)
         size = (max(int(round(width * scale)), 1), max(int(round(height * scale)), 1))
         scaled = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    padded, _ = pipeline.pad_to(scaled, np.zeros(scaled.shape[:2], np.uint8), canvas, canvas)
-    scores = probabilities_fn(pipeline.normalize(padded)[None])
+    padded, _ = pipeline.pad_to(scaled, np.zeros(scaled.shape[:2], np.uint8), canvas, canvas, normalization)
+    scores = probabilities_fn(pipeline.normalize(padded, normalization)[None])
     labels = np.asarray(jax.device_get(scores[0].argmax(-1)), np.uint8)[: scaled.shape[0], : scaled.shape[1]]
     if scaled is not image:
         labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
@@ -96,21 +122,29 @@ def existing_outputs(inputs: Sequence[str], output_dir: str) -> list[str]:
     return [p for path in inputs for p in output_paths(output_dir, names[path]) if os.path.exists(p)]
 
 
-def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: Sequence[str], output_dir: str, *,
-                  eval_size: int, force: bool = False) -> PredictSummary:
-    """Segments each input and writes its label map and overlay; unreadable inputs are logged and skipped.
-
-    Refuses (FileExistsError, nothing written) if any output exists and not `force`,
-    and (ValueError) if an output would replace one of the inputs, whatever `force`.
-    """
+def check_outputs(inputs: Sequence[str], output_dir: str, force: bool = False) -> None:
+    """ArgumentError if an output would replace one of the inputs (whatever `force`); ExistingOutputError
+    naming the outputs that exist unless `force`. Reads only: nothing is created."""
     names = output_names(inputs)
     sources = {os.path.realpath(p) for p in inputs}
     replaced = [p for path in inputs for p in output_paths(output_dir, names[path]) if os.path.realpath(p) in sources]
     if replaced:
-        raise ValueError("an output would replace an input image; choose another --output: " + ", ".join(replaced))
+        raise ArgumentError("an output would replace an input image; choose another --output: " + ", ".join(replaced))
     clashes = existing_outputs(inputs, output_dir)
     if clashes and not force:
-        raise FileExistsError("would overwrite (pass --force to allow): " + ", ".join(clashes))
+        raise ExistingOutputError(f"Refusing to overwrite {len(clashes)} file(s) (pass --force to allow): "
+                                  + ", ".join(clashes))
+
+
+def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: Sequence[str], output_dir: str, *,
+                  eval_size: int, force: bool = False, normalization: Normalization = IMAGENET) -> PredictSummary:
+    """Segments each input and writes its label map and overlay; unreadable inputs are logged and skipped.
+
+    Refuses first, writing nothing (`check_outputs`): ExistingOutputError (a FileExistsError) if any
+    output exists and not `force`, ArgumentError (a ValueError) if an output would replace an input.
+    """
+    check_outputs(inputs, output_dir, force)
+    names = output_names(inputs)
     os.makedirs(output_dir, exist_ok=True)
     summary = PredictSummary()
     for index, path in enumerate(inputs):
@@ -120,7 +154,7 @@ def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: S
             log.error("skipped %s", error)
             summary.failed.append((path, str(error)))
             continue
-        labels = segment(probabilities_fn, image, eval_size)
+        labels = segment(probabilities_fn, image, eval_size, normalization)
         label_path, overlay_path = output_paths(output_dir, names[path])
         visualize.indexed_image(labels).save(label_path)
         Image.fromarray(visualize.side_by_side_overlay(image, labels)).save(overlay_path)

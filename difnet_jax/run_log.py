@@ -117,14 +117,17 @@ class MetricsLog:
     record and the stop is not counted). The event files in WORKDIR
     (`EventLog`) get each record's numbers under its own keys, and the
     pictures passed with it, at steps after the last one metrics.jsonl already holds for
-    that tag: a resumed run appends without repeating steps.
+    that tag: a resumed run appends without repeating steps. `eval_steps` holds the steps
+    with an evaluation record (read on every process: all of them decide alike whether a
+    checkpoint still needs its evaluation).
     """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.time_offset, self.events, self.line_cut_short = 0.0, None, False
+        records = self.read(workdir) if os.path.exists(self.path) else []
+        self.eval_steps = {int(r["step"]) for r in records if "val/miou" in r and "step" in r}
         if jax.process_index() == 0:
-            records = self.read(workdir) if os.path.exists(self.path) else []
             if os.path.exists(self.path) and os.path.getsize(self.path):
                 with open(self.path, "rb") as f:  # a write cut short by a stop: the next record starts a line
                     f.seek(-1, os.SEEK_END)
@@ -148,6 +151,8 @@ class MetricsLog:
         return records
 
     def write(self, record: dict[str, Any], pictures: dict[str, np.ndarray] | None = None) -> None:
+        if "val/miou" in record:
+            self.eval_steps.add(int(record["step"]))
         if jax.process_index() == 0:
             record = {**record, "time": round(self.time_offset + time.perf_counter() - self.start, 3)}
             with open(self.path, "a") as f:

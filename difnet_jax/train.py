@@ -8,6 +8,9 @@ the whole global batch, are synchronised for free. Orbax checkpoints hold the
 train state and the data iterator's position; a run resumes from its workdir.
 Every logged step and every evaluation is appended to WORKDIR/metrics.jsonl and to
 TensorBoard event files in WORKDIR, with pictures of a few validation images at each evaluation.
+One training per workdir (`workdir_lock`); SIGTERM/Ctrl-C stop it cleanly wherever they
+come (`preemption`). The train step is compiled ahead of step 1 and timed; a session's
+first step is always reported, and steps/s and the ETA leave the compilation out.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing, pretrained
+from difnet_jax import checkpointing, pretrained, pretraining
 from difnet_jax.checkpointing import checkpoint_manager
+from difnet_jax.config_errors import ConfigError
 from difnet_jax.constants import IGNORE_LABEL
-from difnet_jax.data import pipeline
+from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation import metrics
 from difnet_jax.evaluation.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
 from difnet_jax.models import family_of, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
 from difnet_jax.pictures import ValidationPictures
-from difnet_jax.preemption import StopRequests
+from difnet_jax.preemption import Interrupted, StopRequests
 from difnet_jax.run_log import MetricsLog, Progress
+from difnet_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -184,87 +189,175 @@ class Trainer:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
 
-    Returns the last evaluation: {'step', 'val/miou', 'val/pixel_accuracy', 'val/iou'},
-    plus 'stopped_by' (the signal's name) when SIGTERM/SIGINT ended the run early.
+    Returns the last evaluation: {'step', 'val/miou', 'val/pixel_accuracy', 'val/iou'}; or
+    {'step', 'stopped_by'} (the signal's name, 'step' the last checkpointed step) when
+    SIGTERM/SIGINT stopped the run. Process 0 holds the workdir's lock (`workdir_lock`) for
+    the whole run: a second training on the same workdir stops at once, naming this one.
     """
-    data, train_cfg = config.data, config.train
+    train_cfg = config.train
     num_devices = jax.device_count()
     for key in ("batch_size", "eval_batch_size"):
         if train_cfg[key] % num_devices:
-            raise ValueError(f"config.train.{key}={train_cfg[key]} must be divisible by the {num_devices} devices")
+            raise ConfigError(f"config.train.{key}={train_cfg[key]} must be divisible by the {num_devices} devices")
     checkpointing.check_resume_config(workdir, config)
-    builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
-    class_names = pipeline.class_names(builder)
-    train_source = pipeline.source(data.name, "train", data.data_dir)
-    val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
+    checkpointing.check_writable(workdir)
+    lock = WorkdirLock.acquire(workdir) if jax.process_index() == 0 else None
+    try:
+        with StopRequests() as stop:
+            return _train_and_evaluate(config, workdir, stop)
+    finally:
+        if lock is not None:
+            lock.release()
 
-    trainer = Trainer(config, len(class_names))
-    checkpointing.check_workdir(workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
-    loader = pipeline.train_loader(
-        train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
-        scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
-    )
-    data_iter = iter(loader)
-    manager = checkpoint_manager(workdir, config)
-    state, restored_step = checkpointing.restore_latest(manager, trainer.abstract_state, data_iter)
-    if state is None:
-        state = trainer.initial_state(jax.random.PRNGKey(train_cfg.seed))
-        checkpointing.write_config(workdir, config)
-    else:
-        log.info("Resumed from %s at step %d.", manager.directory, restored_step)
 
-    def save(step: int) -> None:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
-        ))
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: StopRequests) -> dict[str, Any]:
+    """The run, under the lock. A stop request is honoured wherever it comes (`preemption`):
 
-    def evaluate(step: int) -> dict[str, Any]:
-        start = time.perf_counter()
-        result = trainer.evaluate(state, val_source, batch_size=train_cfg.eval_batch_size)
+    while setting up or compiling (after that stage; nothing to save), after any step (the step
+    is reported and checkpointed), or during an evaluation (before its next image: abandoned,
+    its step checkpointed; a complete one is recorded first). A restored
+    checkpoint at an evaluation step whose evaluation metrics.jsonl lacks (a stopped one) is
+    evaluated before training goes on; a run already trained to num_steps only evaluates, and
+    appends that evaluation to metrics.jsonl only if it is not there yet.
+    """
+    data, train_cfg = config.data, config.train
+    num_steps = train_cfg.num_steps
+    manager = trainer = state = data_iter = progress = metrics_log = pictures = val_source = class_names = None
+    first_step = step = saved_step = evaluating = None
+
+    def is_eval_step(n: int) -> bool:
+        return n > 0 and (n % train_cfg.eval_every == 0 or n >= num_steps)
+
+    def checkpoint() -> None:
+        """Reports the steps not yet reported (raising on a non-finite one first), then saves `step` once."""
+        nonlocal saved_step
+        if progress is not None and progress.pending:
+            progress.report(step)
+        if saved_step != step:
+            manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+            ))
+            saved_step = step
+
+    def evaluate(n: int) -> dict[str, Any]:
+        """Evaluates the state (at step n); the record goes to metrics.jsonl unless one for n is there."""
+        nonlocal evaluating
+        evaluating, start = n, time.perf_counter()
+        record_it = n not in metrics_log.eval_steps
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        # Stops before reading an image (a stopped evaluation is repeated by the resumed run); once complete
+        # it is recorded, and the loop stops after it.
+        result = trainer.evaluate(state, stop.checked(val_source), batch_size=train_cfg.eval_batch_size)
+        evaluating = None
         summary = metrics.summarize(result.confusion, class_names)
         heads = head_mious(result)
-        record = {"step": step, "val/miou": summary["miou"], "val/pixel_accuracy": summary["pixel_accuracy"],
+        rendered = pictures.render(variables) if record_it else None
+        record = {"step": n, "val/miou": summary["miou"], "val/pixel_accuracy": summary["pixel_accuracy"],
                   "val/iou": summary["iou"], **{f"val/miou_{name}": value for name, value in heads.items()}}
-        seconds = time.perf_counter() - start
-        metrics_log.write(record, pictures=pictures.render({"params": state.params, "batch_stats": state.batch_stats}))
-        log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)%s", step, summary["miou"],
-                 summary["pixel_accuracy"], len(val_source), seconds,
-                 "".join(f"; {name} {value:.4f}" for name, value in heads.items()))
+        if record_it:
+            metrics_log.write(record, pictures=rendered)
+        log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)%s%s", n, summary["miou"],
+                 summary["pixel_accuracy"], len(val_source), time.perf_counter() - start,
+                 "".join(f"; {name} {value:.4f}" for name, value in heads.items()),
+                 "" if record_it else " (metrics.jsonl already holds this evaluation: not appended)")
         return record
 
-    metrics_log = MetricsLog(workdir)
-    pictures = ValidationPictures(trainer.model, trainer.family, val_source, trainer.evaluator.options,
-                                  mesh=trainer.mesh)
-    first_step = int(state.step)
-    num_steps = train_cfg.num_steps
-    log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s) of %d process(es).",
-             config.model.name, config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size,
-             num_devices, jax.process_count())
-    last_eval = None
-    progress = Progress(metrics_log, learning_rate_schedule(train_cfg), num_steps, train_cfg.skip_nonfinite,
-                        first_step)
-    try:  # However the loop ends, pending checkpoint writes finish: the last good one is kept.
-        with StopRequests() as stop:
-            for step in range(first_step + 1, num_steps + 1):
-                state, step_metrics = trainer.train_step(state, trainer.global_batch(next(data_iter)))
-                progress.add(step_metrics)
-                stopping = stop.requested  # read once: a signal may arrive at any point of the step
-                must_save = step % train_cfg.checkpoint_every == 0 or step == num_steps or stopping
-                if step % train_cfg.log_every == 0 or must_save:  # A checkpoint is only written after this check.
-                    progress.report(step)
-                if must_save:
-                    save(step)
-                if stopping:
-                    manager.wait_until_finished()
-                    log.warning("Stopped by %s after step %d; checkpoint saved in %s. Run the same command to resume.",
-                                stop.signal_name, step, manager.directory)
-                    return {"step": step, "stopped_by": stop.signal_name}
-                if step % train_cfg.eval_every == 0 or step == num_steps:
-                    last_eval = evaluate(step)
-                    progress.restart_clock()
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-    if last_eval is None:  # Already trained to num_steps: evaluate the restored state.
-        last_eval = evaluate(first_step)
-    return last_eval
+    def stopped() -> dict[str, Any]:
+        if step is not None and step != saved_step:
+            checkpoint()
+        if manager is not None:
+            manager.wait_until_finished()
+        trained = step is not None and step != first_step
+        if evaluating is not None:
+            where = f"during the evaluation of step {evaluating}"
+        else:
+            where = f"after step {step}" if trained else "before training"
+        saved = f"checkpoint saved in {manager.directory}" if trained else "nothing new to save"
+        if evaluating is not None and evaluating >= num_steps:
+            then = "evaluate it"
+        elif evaluating is not None:
+            then = f"resume (it evaluates step {evaluating} first)"
+        else:
+            then = "resume"
+        log.warning("Stopped by %s %s; %s. Run the same command to %s.", stop.signal_name, where, saved, then)
+        return {"step": step if step is not None else 0, "stopped_by": stop.signal_name}
+
+    try:
+        with stop.stage():  # Nothing of this session to save yet: a stop ends the run after each stage.
+            log.info("Preparing the data: %s in %s ...", data.name, data.data_dir or "the default TFDS data_dir")
+            builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
+            class_names = pipeline.class_names(builder)
+            # TFDS split strings: data.train_split="train[:90%]" with data.eval_split="train[90%:]" holds out part of
+            # the train split for choosing hyper-parameters (never the validation split)
+            train_source = pipeline.source(data.name, data.get("train_split", "train"), data.data_dir)
+            val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
+            stop.check()
+
+            trainer = Trainer(config, len(class_names))
+            checkpointing.check_workdir(workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
+            loader = pipeline.train_loader(
+                train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
+                scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
+                normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0),
+            )
+            data_iter = iter(loader)
+            manager = checkpoint_manager(workdir, config)
+            state, restored_step = checkpointing.restore_latest(manager, trainer.abstract_state, data_iter)
+            if state is None:
+                pretraining.ensure_weights(config.model, data.data_dir)  # `pretrained`: made once, when missing
+                log.info("Initialising %s-%d (compiling its initialiser) ...", config.model.name, config.model.depth)
+                start = time.perf_counter()
+                state = jax.block_until_ready(trainer.initial_state(jax.random.PRNGKey(train_cfg.seed)))
+                log.info("Initialised in %.1fs.", time.perf_counter() - start)
+                stop.check()
+                checkpointing.write_config(workdir, config)
+            else:
+                log.info("Resumed from %s at step %d.", manager.directory, restored_step)
+            first_step = step = saved_step = int(state.step)
+            metrics_log = MetricsLog(workdir)
+            pictures = ValidationPictures(trainer.model, trainer.family, val_source, trainer.evaluator.options,
+                                          mesh=trainer.mesh)
+        if first_step >= num_steps:
+            log.info("%s is already trained to step %d (config.train.num_steps=%d): evaluating that checkpoint.",
+                     workdir, first_step, num_steps)
+            return evaluate(first_step)
+        if is_eval_step(first_step) and first_step not in metrics_log.eval_steps:
+            log.info("The evaluation of step %d was stopped: evaluating it now.", first_step)
+            evaluate(first_step)
+        if stop.requested:
+            return stopped()
+        log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s) of %d process(es).",
+                 config.model.name, config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size,
+                 jax.device_count(), jax.process_count())
+        with stop.stage():  # A signal during the compilation is honoured when it is done.
+            first_batch = trainer.global_batch(next(data_iter))
+            log.info("Compiling the train step ...")
+            start = time.perf_counter()
+            train_step = trainer.train_step.lower(state, first_batch).compile()
+            log.info("Compiled the train step in %.1fs.", time.perf_counter() - start)
+        # The clock starts now: steps/s and the ETA exclude the compilation.
+        progress = Progress(metrics_log, learning_rate_schedule(train_cfg), num_steps, train_cfg.skip_nonfinite,
+                            first_step)
+        last_eval = None
+        for step in range(first_step + 1, num_steps + 1):
+            batch = first_batch if step == first_step + 1 else trainer.global_batch(next(data_iter))
+            state, step_metrics = train_step(state, batch)
+            progress.add(step_metrics)
+            if step == first_step + 1 or step % train_cfg.log_every == 0:  # the first line: compiled and running
+                progress.report(step)
+            if step % train_cfg.checkpoint_every == 0 or step == num_steps:
+                checkpoint()
+            if stop.requested:  # read after the report and the save: a signal that came while they waited counts
+                return stopped()
+            if is_eval_step(step):
+                last_eval = evaluate(step)
+                progress.restart_clock()
+                if stop.requested:
+                    return stopped()
+        return last_eval
+    except Interrupted:
+        return stopped()
+    finally:  # However the run ends, pending checkpoint writes finish: the last good one is kept.
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()

@@ -40,7 +40,8 @@ import tensorflow_datasets as tfds
 import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax import config_compat, train
 from difnet_jax.config_checks import check_config
-from difnet_jax.data import pipeline
+from difnet_jax.config_errors import ArgumentError, MissingPathError
+from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation.evaluator import model_probabilities, network_size
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,19 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None)
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: pass --config, or a workdir written by experiments.voc")
+        _require_workdir(workdir)
+        raise MissingPathError(f"{path} not found: {workdir!r} is not the workdir of a run trained with "
+                               "python -m experiments.voc (or pass --config)")
     with open(path) as f:
         saved = config_compat.upgrade_saved(json.load(f))
     if defaults is not None:
         saved = _fill_missing(saved, defaults.to_dict())
     return ml_collections.ConfigDict(saved)
+
+
+def _require_workdir(workdir: str) -> None:
+    if not os.path.isdir(workdir):
+        raise MissingPathError(f"workdir {workdir!r} does not exist: pass the workdir of a trained run")
 
 
 def _fill_missing(saved: dict, defaults: dict) -> dict:
@@ -101,21 +109,28 @@ class Run:
 
 
 def load_run(workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None) -> Run:
-    """Restores checkpoint `step` (default: the latest) of the run in `workdir`."""
+    """Restores checkpoint `step` (default: the latest) of the run in `workdir`.
+
+    A missing workdir, a workdir without checkpoints and a step it lacks are user errors
+    (`config_errors`), raised before the model is built.
+    """
+    _require_workdir(workdir)
+    no_checkpoints = f"no checkpoints in {workdir!r}: train a run there first (python -m experiments.voc)"
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"no checkpoints in {workdir!r}: train a run there first (python -m experiments.voc)")
+        raise MissingPathError(no_checkpoints)
     config = config if config is not None else load_config(workdir)
     check_config(config)
-    class_names = dataset_class_names(config)
-    trainer = train.Trainer(config, len(class_names))
     manager = train.checkpoint_manager(workdir, config)
     steps = sorted(manager.all_steps())
     if not steps:
-        raise FileNotFoundError(f"no checkpoints in {workdir!r}/checkpoints")
+        raise MissingPathError(no_checkpoints)
     if step is None:
         step = steps[-1]
     elif step not in steps:
-        raise ValueError(f"no checkpoint for step {step} in {workdir!r}; available: {steps}")
+        raise ArgumentError(f"no checkpoint for step {step} in {workdir!r}; its steps: "
+                            f"{', '.join(map(str, steps))} (leave the step out for the latest)")
+    class_names = dataset_class_names(config)
+    trainer = train.Trainer(config, len(class_names))
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state)))
     manager.close()
     log.info("Restored %s-%d from %s at step %d.", config.model.name, config.model.depth, workdir, step)
@@ -176,8 +191,9 @@ class TrainedModel:
     def _network_input(self, batch: np.ndarray) -> jax.Array:
         height, width = batch.shape[1:3]
         blank = np.zeros((height, width), np.uint8)
-        padded = [pipeline.pad_to(image, blank, network_size(height), network_size(width))[0] for image in batch]
-        return jnp.asarray(pipeline.normalize(np.stack(padded)))
+        norm = normalization.of_config(self.config.data)  # the run's input: imagenet or caffe_bgr
+        padded = [pipeline.pad_to(image, blank, network_size(height), network_size(width), norm)[0] for image in batch]
+        return jnp.asarray(pipeline.normalize(np.stack(padded), norm))
 
     def probabilities(self, images: np.ndarray, *, scales: Sequence[float] = (1.0,), flip: bool = False
                       ) -> np.ndarray:

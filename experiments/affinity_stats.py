@@ -1,55 +1,35 @@
-"""Counts the dilated-affinity statistics of a train split and draws the paper's Fig. 3.
+"""Counts a train split's dilated-affinity statistics ahead of time and draws the paper's Fig. 3.
 
   python -m experiments.affinity_stats --config=experiments/configs/voc.py:deeplabv3plus50_affinity
 
-For every rate of `config.model.deeplabv3plus.affinity_rates` and of the paper's sets
-(`PAPER_RATES`, so that switching between them needs no recount) it counts the pixels in each
-category n0..n8 (k of the 8 neighbours agree; pixels with invalid neighbours as defined in
-`difnet_jax.models.affinity`) and pi_r (positive pairs / valid pairs) over the full-size train images,
-and writes them as JSON to `config.model.deeplabv3plus.affinity_stats` (or, when that is empty,
-`deeplabv3plus.default_stats_path(config.data.name)`), keeping the entries of other rates already
-in the file. The figure (percentage of n0..n8 against the rate) goes beside it as .png.
+A run with an affinity head counts the statistics it needs by itself the first time (with
+progress in its log) and stores them with the prepared dataset
+(<data_dir>/<builder>/<config>/<version>/affinity_stats/<split>.json,
+`difnet_jax.models.affinity_stats`). This command does the same ahead of time, for every rate of
+`config.model.deeplabv3plus.affinity_rates` and of the paper's sets (`PAPER_RATES`, so that
+switching between them needs no recount), and draws Fig. 3 (the percentage of pixels in n0..n8
+against the rate) beside the file as .png. `--output=FILE` writes a file of one's own instead
+(read by a run through `--config.model.deeplabv3plus.affinity_stats=FILE`); a config that already
+names one writes there. Entries of other rates already in the file are kept; `--recount` counts
+the requested ones again. Nothing is written to the working directory unless FILE is there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 
 import ml_collections
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from difnet_jax.constants import IGNORE_LABEL
-from difnet_jax.models import affinity, deeplabv3plus
+from difnet_jax.models import affinity, affinity_stats
 
 log = logging.getLogger(__name__)
 
 # Every rate of the paper's sets (Table 2): 8, 16, 32, 48, 64, (12, 24), (32, 64).
 PAPER_RATES = affinity.expand_rates((8, 16, 32, 48, 64, (12, 24), (32, 64)))
-
-
-def stats_path(config: ml_collections.ConfigDict) -> str:
-    return config.model.deeplabv3plus.affinity_stats or deeplabv3plus.default_stats_path(config.data.name)
-
-
-def count_split(data_name: str, split: str, data_dir: str, rates) -> tuple[affinity.AffinityStats, int]:
-    """(statistics of `rates` summed over the split's label maps, number of images)."""
-    from difnet_jax.data import pipeline  # TFDS import only when counting
-
-    source = pipeline.source(data_name, split, data_dir)
-    total = affinity.AffinityStats(tuple(rates), np.zeros((len(rates), affinity.NUM_CATEGORIES), np.int64),
-                                   np.zeros(len(rates), np.int64), np.zeros(len(rates), np.int64))
-    for index in range(len(source)):
-        label = np.asarray(source[index]["label"])
-        label = label[..., 0] if label.ndim == 3 else label
-        total = affinity.merge_stats(total, affinity.count_neighbours(label, rates, IGNORE_LABEL))
-        if (index + 1) % 1000 == 0:
-            log.info("%d / %d images", index + 1, len(source))
-    return total, len(source)
 
 
 def plot(per_rate: dict, path: str, title: str) -> None:
@@ -74,30 +54,23 @@ def plot(per_rate: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def compute_and_save(config: ml_collections.ConfigDict, *, split: str = "train", paper_rates: bool = True) -> str:
-    """Counts, writes the JSON (merged with the file's other rates) and the figure; returns the JSON's path."""
+def compute_and_save(config: ml_collections.ConfigDict, *, split: str = "train", paper_rates: bool = True,
+                     output: str = "", recount: bool = False) -> str:
+    """Counts what the file lacks, writes the JSON and the figure beside it; returns the JSON's path.
+
+    The file: `output`, else `config.model.deeplabv3plus.affinity_stats` when set, else the one
+    stored with the dataset (`affinity_stats.stats_path`).
+    """
     own = config.model.deeplabv3plus
-    rates = affinity.expand_rates(tuple(own.affinity_rates) + (PAPER_RATES if paper_rates else ()))
-    if not rates:
+    rates = affinity.expand_rates(tuple(own.affinity_rates))
+    extra = PAPER_RATES if paper_rates else ()
+    if not rates and not extra:
         raise ValueError("config.model.deeplabv3plus.affinity_rates is empty and paper_rates=False: no rate to count")
-    path = stats_path(config)
-    stats, images = count_split(config.data.name, split, config.data.data_dir, rates)
-    document = {"dataset": config.data.name, "split": split, "images": images, "ignore_label": IGNORE_LABEL,
-                "categories": "k = floor(8 * agreeing valid neighbours / valid neighbours + 1/2); "
-                              "pi = positive pairs / valid pairs (difnet_jax/models/affinity.py)",
-                "rates": {}}
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if (old.get("dataset"), old.get("split")) == (config.data.name, split):
-            document["rates"].update(old.get("rates", {}))
-    document["rates"].update(affinity.stats_to_json(stats))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(document, f, indent=1)
-    os.replace(path + ".tmp", path)
+    _, path = affinity_stats.split_stats(config.data.name, config.data.data_dir, rates, split, extra_rates=extra,
+                                         recount=recount, path=output or own.affinity_stats)
+    document = affinity_stats.read_document(path)
     plot(document["rates"], os.path.splitext(path)[0] + ".png",
-         f"{config.data.name} {split}: pixels in n0..n8 per rate ({images} images)")
+         f"{config.data.name} {split}: pixels in n0..n8 per rate ({document.get('images', '?')} images)")
     return path
 
 
@@ -107,13 +80,16 @@ def main(argv):
                                                   lock_config=True)
     paper_flag = flags.DEFINE_bool("paper_rates", True, "Also count every rate of the paper's sets (Fig. 3).")
     split_flag = flags.DEFINE_string("split", "train", "The split to count.")
+    output_flag = flags.DEFINE_string("output", "", "A JSON file to write instead of the dataset's own.")
+    recount_flag = flags.DEFINE_bool("recount", False, "Count the requested rates again even if the file has them.")
     flags.mark_flags_as_required(["config"])
 
     def run(args):
         if len(args) > 1:
             raise app.UsageError(f"Unexpected arguments: {args[1:]}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-        path = compute_and_save(config_flag.value, split=split_flag.value, paper_rates=paper_flag.value)
+        path = compute_and_save(config_flag.value, split=split_flag.value, paper_rates=paper_flag.value,
+                                output=output_flag.value, recount=recount_flag.value)
         log.info("Wrote %s and %s", path, os.path.splitext(path)[0] + ".png")
 
     app.run(run, argv)

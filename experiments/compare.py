@@ -8,12 +8,12 @@ different datasets are refused (exit code 2); a workdir that cannot be compared 
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from difnet_jax.studies.compare import NUM_PICTURES, compare
+from experiments import cli
 from experiments.run_config import run_config
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories to compare, comma-separated.")
@@ -23,11 +23,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides the runs' config.da
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+def main():
     try:
         result = compare(_WORKDIRS.value, _OUT.value, num_images=_NUM_IMAGES.value, data_dir=_DATA_DIR.value,
                          load_config=run_config)
@@ -41,5 +37,9 @@ def main(argv):
     return 0
 
 
+def run() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

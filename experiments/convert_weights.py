@@ -18,9 +18,10 @@ import logging
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from difnet_jax.pretrained import convert
+from experiments import cli
 
 _INPUT = flags.DEFINE_string("input", None, "torchvision ResNet state dict: .pth, .pt, .safetensors or .npz.")
 _OUTPUT = flags.DEFINE_string("output", None, "The .npz to write, e.g. weights/resnet50.npz.")
@@ -32,10 +33,7 @@ flags.mark_flags_as_required(["input", "output"])
 log = logging.getLogger(__name__)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+def main():
     try:
         result = convert(_INPUT.value, _OUTPUT.value, _DEPTH.value, _FORCE.value, _TRUSTED_TORCH_LOAD.value)
     except (OSError, ValueError) as error:  # named file, key or shape at fault
@@ -47,5 +45,9 @@ def main(argv):
           f"forward pass to {result['relative_error']:.1e} (relative max error).")
 
 
+def run() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

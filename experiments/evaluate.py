@@ -7,22 +7,19 @@
   python -m experiments.evaluate --workdir=runs/dl3p18_affinity --propagate=1,3,6,10 --propagate_oracle=1,3,10
 
 The run's config comes from WORKDIR/config.json unless --config is given. Writes
-WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf].{json,md} (and _predictions.npz with
---save_predictions) and prints the Markdown report.
+WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf][_propagate].{json,md} (and _predictions.npz
+with --save_predictions; --output_dir=DIR writes them to DIR instead, checked for writing before the
+evaluation) and prints the per-class IoU, ending with the mIoU and pixel accuracy. The workdir is only
+read: a run still training there can be evaluated.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from difnet_jax import config_compat
 from difnet_jax.constants import EVAL_MODES
-from difnet_jax.evaluation import crf
-from difnet_jax.evaluation.report import evaluate_workdir, report_markdown
+from experiments import cli
 from experiments.run_config import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",
@@ -30,15 +27,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :AR
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (config.json, checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate; default config.data.eval_split.")
-_SCALES = flags.DEFINE_list("scales", ["1.0"], "Input scales whose softmax probabilities are averaged.")
+_SCALES = cli.define_number_list("scales", "1.0", "Input scales whose softmax probabilities are averaged.")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average over horizontally flipped inputs.")
 _MODE = flags.DEFINE_enum("mode", None, list(EVAL_MODES),
                           "Canvas: pad (every image to data.eval_size), whole (each batch to its largest image) or "
                           "sliding (crop-sized windows over it); default config.data.eval_mode.")
-_PROPAGATE = flags.DEFINE_list("propagate", [], "Iteration counts T of affinity propagation with the model's own "
-                                "affinity (Dilated Affinity Eq. 6; *_affinity variants), e.g. 1,3,6,10.")
-_PROPAGATE_ORACLE = flags.DEFINE_list("propagate_oracle", [], "Iteration counts T of propagation with the ground-"
-                                      "truth affinity (the paper's oracle; any model), e.g. 1,3,6,10.")
+_PROPAGATE = cli.define_number_list("propagate", "", "Iteration counts T of affinity propagation with the model's own "
+                                     "affinity (Dilated Affinity Eq. 6; *_affinity variants), e.g. 1,3,6,10.", int)
+_PROPAGATE_ORACLE = cli.define_number_list("propagate_oracle", "", "Iteration counts T of propagation with the "
+                                           "ground-truth affinity (the paper's oracle; any model), e.g. 1,3,6,10.",
+                                           int)
 _STRIDE = flags.DEFINE_integer("stride", None, "Pixels between sliding windows; default config.data.eval_stride.")
 _CRF = flags.DEFINE_bool("crf", False, "Dense-CRF post-processing (Sim-DeepLab + CRF of Table 1).")
 _CRF_ITERATIONS = flags.DEFINE_integer("crf_iterations", 10, "Mean-field iterations of the dense CRF.")
@@ -48,14 +46,14 @@ _SAVE_PREDICTIONS = flags.DEFINE_bool("save_predictions", False, "Also write the
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per batch; default config.train.eval_batch_size.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_dir (the TFDS data_dir).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 5, "Log progress every this many batches.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the reports; default the workdir.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+def main():
+    from difnet_jax.evaluation import crf  # here: a mistyped flag costs no import
+    from difnet_jax.evaluation.report import evaluate_workdir, report_text
+
     config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
     crf_params = crf.CRFParams(iterations=_CRF_ITERATIONS.value, max_senders=_CRF_MAX_SENDERS.value) if _CRF.value \
         else None
@@ -65,11 +63,15 @@ def main(argv):
         propagate=[int(t) for t in _PROPAGATE.value], propagate_oracle=[int(t) for t in _PROPAGATE_ORACLE.value],
         crf_params=crf_params,
         save_predictions_npz=_SAVE_PREDICTIONS.value, batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
+        output_dir=_OUTPUT_DIR.value,
     )
-    print(report_markdown(report))
     print("Wrote " + ", ".join(paths))
+    print(report_text(report))
+
+
+def run() -> None:
+    cli.run(main)
 
 
 if __name__ == "__main__":
-    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
-    app.run(main)
+    run()

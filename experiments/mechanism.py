@@ -13,17 +13,14 @@ about one family's mechanism each: `STUDIES` maps the family to its study.
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
 import difnet_jax
-from difnet_jax import config_compat
 from difnet_jax.evaluation import crf
 from difnet_jax.studies.difnet_mechanism import run_study
 from difnet_jax.studies.pdn_mechanism import run_pdn_study
+from experiments import cli
 from experiments.run_config import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",
@@ -54,29 +51,25 @@ def parse_nodes(text: str | None) -> list[tuple[int, int]] | None:
         raise app.UsageError(f"--nodes must look like 'y,x;y,x', got {text!r}") from error
 
 
-def _difnet_study(run):
+def _difnet_study(restored):
     return run_study(
-        run, num_images=_NUM_IMAGES.value, nodes=parse_nodes(_NODES.value), num_nodes=_NUM_NODES.value,
+        restored, num_images=_NUM_IMAGES.value, nodes=parse_nodes(_NODES.value), num_nodes=_NUM_NODES.value,
         split=_SPLIT.value, timing_size=_TIMING_SIZE.value, timing_runs=_TIMING_RUNS.value,
         crf_params=crf.CRFParams() if _TIME_CRF.value else None, skip_timing=_SKIP_TIMING.value,
         output_dir=_OUTPUT_DIR.value,
     )
 
 
-def _pdn_study(run):
+def _pdn_study(restored):
     site = parse_nodes(_SITE.value)
-    return run_pdn_study(run, num_images=_NUM_IMAGES.value, split=_SPLIT.value, site=site[0] if site else None,
+    return run_pdn_study(restored, num_images=_NUM_IMAGES.value, split=_SPLIT.value, site=site[0] if site else None,
                          output_dir=_OUTPUT_DIR.value)
 
 
 STUDIES = {"difnet": _difnet_study, "pdn": _pdn_study}
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+def main():
     config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
     if config.model.name not in STUDIES:
         raise app.UsageError(f"no mechanism study for {config.model.name!r} runs; there is one for {sorted(STUDIES)}")
@@ -88,6 +81,9 @@ def main(argv):
     print("Wrote " + ", ".join(result["paths"]))
 
 
+def run() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
-    app.run(main)
+    run()

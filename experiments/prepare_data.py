@@ -8,18 +8,20 @@ manual_dir holds the official archives or what they extract to; see the builder'
 docstring (difnet_jax/data/voc_aug.py, pascal_context.py, ade20k.py, person_part.py,
 cityscapes.py). --skip_bad_examples sets DIFNET_SKIP_BAD_EXAMPLES=1 (see
 difnet_jax/data/example_files.py). Prints the split counts and the disk space of the prepared
-dataset. A dataset already prepared is not prepared again.
+dataset. A dataset already prepared is not prepared again; one that is not needs --manual_dir
+(the synthetic ones generate themselves).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
+from difnet_jax.config_errors import ArgumentError, DatasetNotPreparedError
 from difnet_jax.data import example_files, pipeline
+from experiments import cli
 
 DATASETS = ("voc_aug", "pascal_context", "pascal_context/60", "pascal_context/59", "ade20k", "person_part",
             "cityscapes", "synthetic_shapes", "synthetic_shapes/tiny")
@@ -43,23 +45,28 @@ def human_size(num_bytes: int) -> str:
     return f"{size:.1f} {unit}"
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
-    logging.getLogger("difnet_jax").setLevel(logging.INFO)
+def main():
     if _SKIP_BAD_EXAMPLES.value:
         os.environ[example_files.SKIP_ENV] = "1"
     manual_dir = os.path.expanduser(_MANUAL_DIR.value)
     data_dir = os.path.expanduser(_DATA_DIR.value)
-    print(f"Preparing {_DATASET.value} from {manual_dir or 'the default manual_dir'} "
+    print(f"Preparing {_DATASET.value}{f' from {manual_dir}' if manual_dir else ''} "
           f"into {data_dir or 'the default data_dir'}", flush=True)
-    builder = pipeline.prepare(_DATASET.value, data_dir, manual_dir)
+    try:
+        builder = pipeline.prepare(_DATASET.value, data_dir, manual_dir)
+    except DatasetNotPreparedError as error:
+        module = f"difnet_jax/data/{_DATASET.value.split('/')[0]}.py"
+        raise ArgumentError(f"--manual_dir is required to prepare {_DATASET.value}: the folder holding its official "
+                            f"archives or what they extract to (which ones: the docstring of {module})") from error
     print(f"Prepared {builder.info.full_name} in {builder.data_dir}")
     for split, info in sorted(builder.info.splits.items()):
         print(f"  {split}: {info.num_examples:,} examples")
     print(f"  disk: {human_size(disk_bytes(epath.Path(builder.data_dir)))}")
 
 
+def run() -> None:
+    cli.run(main)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

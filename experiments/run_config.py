@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from difnet_jax.trained_run import load_config
 from experiments.configs import voc
 
 
 def run_config(workdir: str, config: ml_collections.ConfigDict | None = None,
                data_dir: str | None = None) -> ml_collections.ConfigDict:
     """The run's config; `data_dir` overrides config.data.data_dir (where the TFDS data is)."""
+    from difnet_jax.trained_run import load_config  # here: the CLIs' flag errors cost no import
     if config is None:
         config = load_config(workdir)
         if "arg" in config:

@@ -9,14 +9,13 @@ other clusters JAX detects by itself) or with --coordinator_address/--num_proces
 from __future__ import annotations
 
 import logging
-import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from difnet_jax import config_compat, train
 from difnet_jax.config_checks import check_config
+from experiments import cli
 
 log = logging.getLogger(__name__)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file, with :ARG.", lock_config=True)
@@ -28,25 +27,26 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+def main():
     config = _CONFIG.value
-    check_config(config)  # Before anything else: a bad value must cost nothing.
+    check_config(config)  # Before anything else: a bad value must cost nothing (not even this import).
+    from difnet_jax import train
+
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if jax.process_index() == 0:  # Other hosts log warnings only.
         for name in ("difnet_jax", __name__):
             logging.getLogger(name).setLevel(logging.INFO)
     result = train.train_and_evaluate(config, _WORKDIR.value)
-    if "stopped_by" in result:
-        log.info("Stopped by %s at step %d; rerun the same command to resume.", result["stopped_by"], result["step"])
+    if "stopped_by" in result:  # train_and_evaluate said where it stopped and what to do
         return
     log.info("Final validation mIoU %.4f (pixel accuracy %.4f) at step %d; workdir %s",
              result["val/miou"], result["val/pixel_accuracy"], result["step"], _WORKDIR.value)
 
 
+def run() -> None:
+    cli.run(main, info_loggers=())  # main logs INFO on process 0 only
+
+
 if __name__ == "__main__":
-    sys.argv = config_compat.rewrite_argv(sys.argv)  # old flat keys (--config.model.walks) still work
-    app.run(main)
+    run()

@@ -31,7 +31,7 @@ def test_smoke_passes_and_writes_every_section(smoke):
     with open(os.path.join(out, "report.md")) as f:
         text = f.read()
     for heading in ("# Accelerator check (smoke", "## Environment", "## Correctness checks", "## Diffusion cascade",
-                    "## Models", "## Main job end to end", "## Targets (issue 14, section 2)", "## Conditions"):
+                    "## Models", "## Main job end to end", accelerator.TARGETS_HEADING, "## Conditions"):
         assert heading in text
     assert "Verdict: **PASS**" in text
     assert "comparison is the CPU against itself" in text  # the CPU-only run says its train check degenerates

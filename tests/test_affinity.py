@@ -125,20 +125,20 @@ def test_loss_weighting_and_invalid_pairs_by_hand():
     stats = affinity.count_neighbours(HAND, [(1, 1)])
     labels = jnp.asarray(HAND[None])
     loss = functools.partial(affinity.affinity_loss, labels=labels, rates=[(1, 1)], stats=stats)
-    # zero logits: every valid pair costs 0.25 log 2 (focal, gamma 2); 8 * (weighted sum / 34 valid pairs)
+    # zero logits: every valid pair costs 0.25 log 2 (focal, gamma 2); weighted sum / 34 valid pairs
     fl = 0.25 * np.log(2)
     pixel_weight = {8: 1.0, 5: 1.0, 4: np.sqrt(2), 3: np.sqrt(2 / 3)}
     weighted = sum(pixel_weight[k] * v for k, v in zip(HAND_K.ravel(), HAND_VALID.ravel()) if k >= 0)
     zeros = jnp.zeros((1, 3, 3, 8))
-    np.testing.assert_allclose(loss(zeros, weighting="sqrt"), 8 * fl * weighted / 34, rtol=1e-5)
+    np.testing.assert_allclose(loss(zeros, weighting="sqrt"), fl * weighted / 34, rtol=1e-5)
     # logits 1: positive and negative pairs differ; signal weights negatives by pi / (1 - pi) = 20/14
     p = 1 / (1 + np.exp(-1.0))
     fl_pos, fl_neg = (1 - p) ** 2 * -np.log(p), p**2 * -np.log(1 - p)
     ones = jnp.ones((1, 3, 3, 8))
-    np.testing.assert_allclose(loss(ones, weighting="signal"), 8 * (20 * fl_pos + 20 * fl_neg) / 34, rtol=1e-5)
+    np.testing.assert_allclose(loss(ones, weighting="signal"), (20 * fl_pos + 20 * fl_neg) / 34, rtol=1e-5)
     # none: plain cross-entropy (gamma ignored), equal weights
     np.testing.assert_allclose(loss(ones, weighting="none", gamma=2.0),
-                               8 * (20 * -np.log(p) + 14 * -np.log(1 - p)) / 34, rtol=1e-5)
+                               (20 * -np.log(p) + 14 * -np.log(1 - p)) / 34, rtol=1e-5)
     # invalid pairs carry no loss whatever their logits
     targets, valid = affinity.affinity_targets(labels, [(1, 1)])
     noisy = jnp.where(valid, ones, 50.0 * (1 - 2 * (jax.random.uniform(jax.random.key(0), ones.shape) > 0.5)))
@@ -149,6 +149,47 @@ def test_loss_weighting_and_invalid_pairs_by_hand():
                                         stats=None)) == 0.0
     with pytest.raises(ValueError, match="statistics"):
         affinity.affinity_loss(zeros, labels, [(1, 1)], weighting="sqrt", stats=None)
+
+
+@pytest.mark.parametrize("weighting", affinity.WEIGHTINGS)
+def test_the_two_reductions_differ_by_exactly_8_times_the_number_of_rates(weighting):
+    """mean_over_pairs (the default: TensorFlow's reduce_mean over B x H x W x 8|R|) vs sum_over_pairs (Eq. 5's
+    per-pixel sum averaged over pixels), on a fixed input with void pixels and pairs leaving the image."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, (2, 9, 7)).astype(np.int32)
+    labels[0, :2] = IGNORE_LABEL
+    stats = affinity.count_neighbours(labels, RATES)
+    logits = jnp.asarray(rng.normal(size=(2, 9, 7, 8 * len(RATES))), jnp.float32)
+    loss = functools.partial(affinity.affinity_loss, logits, jnp.asarray(labels), RATES, weighting=weighting,
+                             stats=stats)
+    mean, summed = float(loss()), float(loss(reduction="sum_over_pairs"))
+    assert mean == float(loss(reduction="mean_over_pairs")) and mean > 0
+    np.testing.assert_allclose(summed, 8 * len(RATES) * mean, rtol=1e-6)
+    # the mean over pairs by hand
+    targets, valid = _brute_targets(labels, RATES)
+    per_pair = np.asarray(affinity.focal_loss(logits, targets, 0.0 if weighting == "none" else 2.0))
+    if weighting in ("none", "signal"):
+        pi = stats.positive_freq.repeat(8)
+        weight = np.where(targets > 0, 1.0, pi / (1 - pi)) if weighting == "signal" else np.ones_like(per_pair)
+        np.testing.assert_allclose(mean, (weight * per_pair)[valid].sum() / valid.sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        loss(reduction="mean_over_pixels")
+
+
+def test_counts_equal_the_targets_and_categories_of_the_loss():
+    """count_neighbours (numpy, one rate at a time) counts the pairs and categories the jnp path defines."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, (2, 11, 9)).astype(np.uint8)
+    labels[1, 3:5] = IGNORE_LABEL
+    stats = affinity.count_neighbours(labels, RATES)
+    targets, valid = affinity.affinity_targets(labels.astype(np.int32), RATES)
+    k, counted = (np.asarray(a) for a in affinity.neighbour_categories(labels.astype(np.int32), RATES))
+    for i in range(len(RATES)):
+        np.testing.assert_array_equal(stats.counts[i], np.bincount(k[..., i][counted[..., i]], minlength=9))
+    np.testing.assert_array_equal(stats.positives, np.asarray(targets).reshape(-1, len(RATES), 8).sum(axis=(0, 2)))
+    np.testing.assert_array_equal(stats.pairs, np.asarray(valid).reshape(-1, len(RATES), 8).sum(axis=(0, 2)))
+    both = affinity.count_neighbours(labels.astype(np.int64), RATES)  # any integer dtype
+    np.testing.assert_array_equal(both.counts, stats.counts)
 
 
 def test_loss_jits_and_is_differentiable():

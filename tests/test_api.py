@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 
 import difnet_jax
-from difnet_jax.data import pipeline
+from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation import evaluator
-from tests.conftest import TINY
-from tests.test_tensorboard import tiny_trained_workdir
+from tests.helpers import TINY
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, tmp_path_factory):
-    return difnet_jax.load(tiny_trained_workdir(tiny_data_dir, str(tmp_path_factory.getbasetemp())))
+def trained(tiny_workdir):
+    return difnet_jax.load(tiny_workdir)
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +24,10 @@ def images(tiny_data_dir):
 def test_predict_is_the_argmax_of_the_evaluators_probabilities(trained, images):
     assert trained.step == 2 and len(trained.class_names) == 21 and trained.config.model.name == "difnet"
     assert "difnet-18" in repr(trained) and trained.num_parameters > 0
-    padded = np.stack([pipeline.pad_to(image, np.zeros((50, 70), np.uint8), 57, 73)[0] for image in images])
+    norm = normalization.of_config(trained.config.data)  # the run's own input (difnet18,synthetic: caffe_bgr)
+    padded = np.stack([pipeline.pad_to(image, np.zeros((50, 70), np.uint8), 57, 73, norm)[0] for image in images])
     reference = np.asarray(evaluator.model_probabilities(trained.model, trained.variables,
-                                                         pipeline.normalize(padded)))[:, :50, :70]
+                                                         pipeline.normalize(padded, norm)))[:, :50, :70]
     probabilities = trained.probabilities(images)
     assert probabilities.shape == (2, 50, 70, 21) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, reference, atol=1e-6)

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from difnet_jax.studies import compare
-from tests.test_tensorboard import tiny_trained_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,9 +35,9 @@ def _copy(source, target, *, with_checkpoints=True):
 
 
 @pytest.fixture(scope="module")
-def workdirs(tiny_data_dir, tmp_path_factory):
+def workdirs(tiny_workdir, tiny_data_dir, tmp_path_factory):
     """A trained run, a copy logged as if better, and copies broken in each way the command skips or refuses."""
-    run = tiny_trained_workdir(tiny_data_dir, str(tmp_path_factory.getbasetemp()))
+    run = tiny_workdir
     base = tmp_path_factory.mktemp("compare")
     better = _copy(run, base / "better")
 
@@ -59,8 +58,17 @@ def workdirs(tiny_data_dir, tmp_path_factory):
             "other_dataset": other_dataset, "missing": str(base / "missing")}
 
 
-def _table_rows(markdown):
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+def _table_rows(markdown, table=0):
+    """The rows of the markdown's `table`-th table as dicts by header."""
+    tables, previous = [], False
+    for line in markdown.splitlines():
+        is_row = line.startswith("| ")
+        if is_row and not previous:
+            tables.append([])
+        if is_row:
+            tables[-1].append(line)
+        previous = is_row
+    lines = tables[table]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
@@ -68,8 +76,9 @@ def _table_rows(markdown):
 def test_compare_writes_the_table_and_figures_and_names_what_it_skips(workdirs, tmp_path):
     names = ["run", "better", "unfinished", "no_eval", "missing"]
     result = compare.compare([workdirs[name] for name in names], str(tmp_path / "out"), num_images=2)
-    assert [os.path.basename(p) for p in result["paths"]] == ["compare.md", "curves.png", "examples.png"]
-    for path in result["paths"][1:]:
+    assert [os.path.basename(p) for p in result["paths"]] == ["compare.md", "curves.png", "examples.png",
+                                                                "seed_groups.json"]
+    for path in result["paths"][1:3]:
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 300, (path, image.size)
 
@@ -92,6 +101,14 @@ def test_compare_writes_the_table_and_figures_and_names_what_it_skips(workdirs, 
                                  f"{workdirs['no_eval']}: no evaluation in metrics.jsonl",
                                  f"{workdirs['missing']}: missing (no such directory)"]
     assert all(reason in markdown for reason in result["skipped"])
+    # "run" and "better" share their config and seed: one group of two runs, its seed marked as repeated
+    [group] = _table_rows(markdown, table=1)
+    assert (group["group"], group["n"], group["seeds"], group["runs"]) == (
+        "G1", "2", "0, 0 (repeated)", "tiny_difnet_logged, better")
+    mean = 100 * (final["val/miou"] + 0.125)
+    assert group["final mIoU (%) mean ± std"] == f"{mean:.2f} ± {100 * 0.25 / 2 ** 0.5:.2f}"
+    saved = json.load(open(os.path.join(str(tmp_path / "out"), "seed_groups.json")))
+    assert saved["groups"][0]["val/miou"]["n"] == 2 and saved["differences"] == []
 
 
 def test_runs_of_different_datasets_are_refused_with_both_named(workdirs, tmp_path, capsys):
@@ -104,3 +121,50 @@ def test_runs_of_different_datasets_are_refused_with_both_named(workdirs, tmp_pa
          f"--out={out}"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 2
     assert "Refusing to compare" in result.stderr and workdirs["other_dataset"] in result.stderr and not out.exists()
+
+
+def _hand_made_run(base, name, seed, miou, lr=1.5e-3, steps=1000):
+    """A workdir of config.json and metrics.jsonl only (no checkpoint): a finished run with final mIoU `miou`."""
+    from experiments.configs.voc import get_config
+
+    workdir = base / name
+    workdir.mkdir()
+    config = get_config("simdeeplab18,synthetic")
+    config.train.seed, config.train.lr, config.train.num_steps = seed, lr, steps
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    records = [{"step": steps, "loss": 0.5},
+               {"step": steps // 2, "val/miou": miou - 0.1, "val/pixel_accuracy": 0.8, "val/iou": {}},
+               {"step": steps, "val/miou": miou, "val/pixel_accuracy": 0.9 + seed / 100, "val/iou": {}}]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(workdir)
+
+
+def test_seed_groups_mean_std_n_and_the_noise_verdict(tmp_path):
+    made = [("a0", 0, 0.50), ("b0", 0, 0.525, 3e-3), ("a1", 1, 0.52), ("c0", 0, 0.60, 1e-2), ("a2", 2, 0.54),
+            ("b1", 1, 0.545, 3e-3), ("d0", 0, 0.61, 5e-4), ("d1", 1, 0.63, 5e-4)]
+    runs = [compare.read_run(_hand_made_run(tmp_path, name, seed, miou, *lr)) for name, seed, miou, *lr in made]
+    for run, label in zip(runs, compare.run_labels([run.workdir for run in runs])):
+        run.label = label
+    groups = compare.seed_groups(runs)
+    assert [[run.label for run in g.runs] for g in groups] == [["a0", "a1", "a2"], ["b0", "b1"], ["c0"], ["d0", "d1"]]
+    a, b, c, d = groups
+    assert (a.n, a.seeds, b.n, c.n) == (3, [0, 1, 2], 2, 1)
+    mean, std = a.mean_std()
+    assert mean == pytest.approx(0.52) and std == pytest.approx(0.02)  # sample std (n - 1) of .50, .52, .54
+    assert b.mean_std()[1] == pytest.approx(0.02 / 2 ** 0.5) and c.mean_std() == (pytest.approx(0.60), None)
+    assert a.mean_std("val/pixel_accuracy") == (pytest.approx(0.91), pytest.approx(0.01))
+    within, outside, unknown = compare.difference(a, b), compare.difference(d, a), compare.difference(a, c)
+    assert (within.delta, within.spread, within.verdict) == (pytest.approx(-0.015), pytest.approx(0.02),
+                                                             "within noise")
+    assert (outside.delta, outside.verdict) == (pytest.approx(0.10), "outside the spread")
+    assert unknown.spread is None and unknown.verdict == "spread unknown (n = 1)"
+    markdown = compare.seed_groups_markdown(groups)
+    rows = _table_rows(markdown)
+    assert [(r["group"], r["n"], r["seeds"], r["final mIoU (%) mean ± std"]) for r in rows] == [
+        ("G1", "3", "0, 1, 2", "52.00 ± 2.00"), ("G2", "2", "0, 1", "53.50 ± 1.41"), ("G3", "1", "0", "60.00 ± n/a"),
+        ("G4", "2", "0, 1", "62.00 ± 1.41")]
+    assert "- G1 - G2: -1.50 mIoU points (spread 2.00): within noise" in markdown
+    assert "- G1 - G4: -10.00 mIoU points (spread 2.00): outside the spread" in markdown
+    saved = compare.seed_groups_json(groups)
+    assert saved["groups"][0]["val/miou"]["values"] == [0.50, 0.52, 0.54]
+    assert len(saved["differences"]) == 6 and saved["differences"][0]["verdict"] == "within noise"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from difnet_jax.data import pipeline, shapes
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def test_scenes_are_deterministic_and_voc_like():

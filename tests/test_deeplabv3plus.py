@@ -1,8 +1,10 @@
-"""DeepLabv3+ and its affinity head: shapes at OS 8/16, canonical parameter counts, bias init, family functions,
-the statistics script, and a short training run that lowers both loss terms."""
+"""DeepLabv3+ and its affinity head: shapes at OS 8/16, canonical parameter counts, the reference's settings
+(multi-grid, BatchNorm decays, dropout, separable convs), the family's settings and statistics, the statistics
+script, and a short training run that lowers both loss terms."""
 
 import json
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -13,11 +15,13 @@ import optax
 import pytest
 
 from difnet_jax.config_errors import ConfigError
-from difnet_jax.models import affinity, deeplabv3plus
+from difnet_jax.models import FAMILIES, affinity, affinity_stats, deeplabv3plus
 from difnet_jax.models.deeplabv3plus import ASPPv3, DeepLabV3Plus
 from difnet_jax.models.family import Family
 from difnet_jax.models.resnet import ResNet
-from experiments import affinity_stats
+from experiments import affinity_stats as stats_script
+
+TINY = "synthetic_shapes/tiny"
 
 
 def _count(tree) -> int:
@@ -28,7 +32,7 @@ def _init_shapes(model, size=65, train=False):
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=train))
 
 
-def _model_config(tmp_path=None, **own) -> ml_collections.ConfigDict:
+def _model_config(**own) -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict()
     model.name = "deeplabv3plus"
     model.depth = 18
@@ -38,6 +42,7 @@ def _model_config(tmp_path=None, **own) -> ml_collections.ConfigDict:
     model.backbone_init = ""
     model.frozen_backbone_bn = False
     model.deeplabv3plus = deeplabv3plus.defaults()
+    model.deeplabv3plus.multi_grid = (1, 2)  # ResNet-18's layer4 has two blocks
     for key, value in own.items():
         model.deeplabv3plus[key] = value
     return model
@@ -45,7 +50,7 @@ def _model_config(tmp_path=None, **own) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize("train,stride,grid", [(True, 16, 5), (False, 8, 9)])
 def test_shapes_at_output_stride_16_and_8(train, stride, grid):
-    model = DeepLabV3Plus(5, depth=18, width=8, affinity_rates=(4, (2, 6)))
+    model = DeepLabV3Plus(5, depth=18, width=8, affinity_rates=(4, (2, 6)), affinity_bias_init=(0.9, 0.8, 0.8))
     images = jnp.zeros((2, 65, 65, 3))
     variables = _init_shapes(model)
     seen_rates = []
@@ -58,7 +63,7 @@ def test_shapes_at_output_stride_16_and_8(train, stride, grid):
     def forward(variables):  # shapes only (eval_shape): the rates are seen while tracing
         with nn.intercept_methods(spy):
             return model.apply(variables, images, train=train, capture_intermediates=True,
-                               mutable=["intermediates", "batch_stats"])
+                               mutable=["intermediates", "batch_stats"], rngs={"dropout": jax.random.key(1)})
 
     (logits, intermediates), state = jax.eval_shape(forward, variables)
     assert logits.shape == (2, 65, 65, 5) and logits.dtype == jnp.float32
@@ -78,7 +83,7 @@ def test_same_parameters_at_both_strides_and_no_head_by_default():
     assert "affinity" not in at8["params"]
     logits, intermediates = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 65, 65, 3)), train=False), at8)
     assert intermediates == {} and logits.shape == (1, 65, 65, 5)
-    bf16 = DeepLabV3Plus(5, depth=18, width=8, dtype=jnp.bfloat16, affinity_rates=(4,))
+    bf16 = DeepLabV3Plus(5, depth=18, width=8, dtype=jnp.bfloat16, affinity_rates=(4,), affinity_bias_init=(0.9,))
     logits, intermediates = jax.eval_shape(
         lambda v: bf16.apply(v, jnp.zeros((1, 65, 65, 3)), train=False), _init_shapes(bf16))
     assert logits.dtype == intermediates["affinity_logits"].dtype == jnp.float32
@@ -87,7 +92,8 @@ def test_same_parameters_at_both_strides_and_no_head_by_default():
 def test_canonical_parameter_counts_width_64():
     """ASPP/decoder/heads counted from the layer shapes of DeepLabv3+ (Chen et al. 2018) on ResNet-50."""
     rates = affinity.expand_rates((8, (12, 24), 16))  # 4 rates: 32 affinity channels
-    params = _init_shapes(DeepLabV3Plus(21, depth=50, affinity_rates=rates), size=33)["params"]
+    model = DeepLabV3Plus(21, depth=50, affinity_rates=rates, affinity_bias_init=(0.9,) * 4, multi_grid=(1, 2, 4))
+    params = _init_shapes(model, size=33)["params"]
     c, low, bn = 2048, 256, 2 * 256  # layer4 and layer1 channels of ResNet-50; BN scale + bias of 256
     aspp = (c * 256 + bn) + 3 * (9 * c * 256 + bn) + (c * 256 + bn) + (5 * 256 * 256 + bn)
     decoder = (low * 48 + 2 * 48) + (9 * (256 + 48) * 256 + bn) + (9 * 256 * 256 + bn)
@@ -95,18 +101,130 @@ def test_canonical_parameter_counts_width_64():
     assert _count(params["decoder"]) == decoder == 1_303_648
     assert _count(params["classifier"]) == 256 * 21 + 21
     assert _count(params["affinity"]) == 256 * 32 + 32
-    assert _count(params["backbone"]) == 23_508_032  # torchvision ResNet-50 without fc
-    resnet18 = _init_shapes(DeepLabV3Plus(21, depth=18), size=33)["params"]
+    assert _count(params["backbone"]) == 23_508_032  # torchvision ResNet-50 without fc; multi-grid adds nothing
+    resnet18 = _init_shapes(DeepLabV3Plus(21, depth=18, multi_grid=(1, 2)), size=33)["params"]
     assert _count(resnet18["aspp"]) == (512 * 256 * 29 + 1280 * 256 + 6 * 512)
     assert _count(resnet18["decoder"]) == (64 * 48 + 96) + (9 * 304 * 256 + 512) + (9 * 256 * 256 + 512)
     assert _count(resnet18["backbone"]) == _count(
         _init_shapes(ResNet(18, output_stride=16), size=33)["params"])
 
 
-def test_affinity_bias_init_must_match_the_rates():
+def test_separable_parameter_counts_width_64():
+    """The reference's split_separable_conv2d: depthwise 3x3 + BN, pointwise 1x1 + BN, in the ASPP and decoder."""
+    model = DeepLabV3Plus(21, depth=50, aspp_separable=True, decoder_separable=True)
+    params = _init_shapes(model, size=33)["params"]
+    c, low, bn = 2048, 256, 2 * 256
+    separable = lambda cin, cout: (9 * cin + 2 * cin) + (cin * cout + 2 * cout)  # noqa: E731
+    aspp = (c * 256 + bn) + 3 * separable(c, 256) + (c * 256 + bn) + (5 * 256 * 256 + bn)
+    decoder = (low * 48 + 2 * 48) + separable(256 + 48, 256) + separable(256, 256)
+    assert _count(params["aspp"]) == aspp == 3_019_776
+    assert _count(params["decoder"]) == decoder == 162_928
+    assert params["aspp"]["conv3x3_0"]["depthwise"]["kernel"].shape == (3, 3, 1, c)
+    only_aspp = _init_shapes(DeepLabV3Plus(21, depth=50, aspp_separable=True), size=33)["params"]
+    assert _count(only_aspp["aspp"]) == aspp and _count(only_aspp["decoder"]) == 1_303_648
+
+
+def _conv_dilations(model, train):
+    """{conv path: kernel_dilation} of every 3x3 conv of layer4's blocks, seen while tracing."""
+    seen = {}
+
+    def spy(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, nn.Conv) and module.kernel_size == (3, 3) and "layer4" in module.path[1]:
+            dilation = module.kernel_dilation
+            seen["/".join(module.path[1:])] = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+        return next_fun(*args, **kwargs)
+
+    variables = _init_shapes(model, size=33)
+    with nn.intercept_methods(spy):
+        jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 33, 33, 3)), train=train, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.key(0)}), variables)
+    return seen
+
+
+def test_multi_grid_dilates_layer4_blocks_by_their_unit_rates():
+    """The reference's block4 rate * unit_rate (core/resnet_v1_beta.py): (2, 4, 8) at OS 16, (4, 8, 16) at OS 8."""
+    model = DeepLabV3Plus(3, depth=50, width=4, multi_grid=(1, 2, 4))
+    for train, rates in ((True, (2, 4, 8)), (False, (4, 8, 16))):
+        seen = _conv_dilations(model, train)
+        assert seen == {f"layer4_{i}/conv2": (r, r) for i, r in enumerate(rates)}, seen
+    plain = _conv_dilations(DeepLabV3Plus(3, depth=50, width=4), True)
+    assert set(plain.values()) == {(2, 2)}
+    basic = _conv_dilations(DeepLabV3Plus(3, depth=18, width=4, multi_grid=(1, 2)), True)  # torchvision layout
+    assert basic == {"layer4_0/conv1": (2, 2), "layer4_0/conv2": (2, 2), "layer4_1/conv1": (4, 4),
+                     "layer4_1/conv2": (4, 4)}
+    with pytest.raises(ValueError, match="one rate per block"):
+        _init_shapes(DeepLabV3Plus(3, depth=18, width=4, multi_grid=(1, 2, 4)), size=33)
+
+
+def _random_variables(model, size=33):
+    """Random values of the model's variable shapes, without compiling an init."""
+    rng = np.random.default_rng(0)
+    shapes = _init_shapes(model, size=size)
+    variables = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(np.float32), shapes)
+    variables["batch_stats"] = jax.tree.map(lambda v: np.abs(v) + 0.5, variables["batch_stats"])
+    return variables
+
+
+def test_batchnorm_decays_backbone_095_head_09997():
+    """Running means move by (1 - decay) of the batch mean: flax's momentum is TensorFlow's decay."""
+    model = DeepLabV3Plus(3, depth=18, width=4, aspp_dropout=0.0)
+    images = jax.random.normal(jax.random.key(0), (2, 33, 33, 3)) + 1.0
+    variables = _random_variables(model)
+    paths = {"backbone/bn1": 0.95, "backbone/layer4_1/bn2": 0.95, "aspp/conv1x1/bn": 0.9997,
+             "decoder/conv1/bn": 0.9997}
+
+    @jax.jit
+    def train_step_statistics(variables):
+        batch_means = {}
+
+        def spy(next_fun, args, kwargs, context):
+            path = "/".join(context.module.path)
+            if isinstance(context.module, nn.BatchNorm) and path in paths:
+                batch_means[path] = args[0].mean(axis=(0, 1, 2))
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(spy):
+            _, state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        return state["batch_stats"], batch_means
+
+    new_stats, batch_means = train_step_statistics(variables)
+    assert sorted(batch_means) == sorted(paths)
+    for path, decay in paths.items():
+        *scope, name = path.split("/")
+        old, new = variables["batch_stats"], new_stats
+        for key in scope:
+            old, new = old[key], new[key]
+        np.testing.assert_allclose(new[name]["mean"], decay * old[name]["mean"] + (1 - decay) * batch_means[path],
+                                   rtol=1e-4, atol=1e-6)
+        assert float(jnp.abs(batch_means[path] - old[name]["mean"]).max()) > 1e-2  # the statistics do move
+
+
+def test_aspp_dropout_only_in_training_and_from_the_dropout_rng():
+    model = DeepLabV3Plus(3, depth=18, width=4, aspp_dropout=0.5)
+    images = jax.random.normal(jax.random.key(0), (1, 33, 33, 3))
+    variables = _random_variables(model)
+    train = jax.jit(lambda key: model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                            rngs={"dropout": key})[0][0])
+    a, b, a_again = train(jax.random.key(2)), train(jax.random.key(3)), train(jax.random.key(2))
+    assert not np.allclose(a, b) and np.array_equal(a, a_again)
+    evaluate = jax.jit(lambda: model.apply(variables, images, train=False)[0])  # no rng: deterministic
+    np.testing.assert_array_equal(evaluate(), evaluate())
+    with pytest.raises(Exception, match="dropout"):
+        jax.eval_shape(lambda: model.apply(variables, images, train=True, mutable=["batch_stats"]))
+    # without dropout training needs no rng
+    jax.eval_shape(lambda: model.clone(aspp_dropout=0.0).apply(variables, images, train=True, mutable=["batch_stats"]))
+
+
+def test_affinity_bias_init_is_required_and_must_match_the_rates():
     model = DeepLabV3Plus(3, depth=18, width=8, affinity_rates=(8, (12, 24)), affinity_bias_init=(0.5, 0.5))
     with pytest.raises(ValueError, match=r"affinity_bias_init has 2 values for the 3 rates"):
         _init_shapes(model, size=33)
+    with pytest.raises(ValueError, match=r"affinity_bias_init has 0 values.*pi_r"):
+        _init_shapes(DeepLabV3Plus(3, depth=18, width=8, affinity_rates=(8,)), size=33)
+
+
+# --- the family: settings, check, statistics ------------------------------------------------------------------
 
 
 def _write_stats(path, labels, spec):
@@ -116,14 +234,35 @@ def _write_stats(path, labels, spec):
     return stats
 
 
-def test_check_names_keys_and_the_stats_command(tmp_path):
+def test_settings_are_read_once_and_old_configs_build_as_they_ran():
+    config = _model_config(affinity_rates=(8, (12, 24)))
+    own = deeplabv3plus.settings(config)
+    assert own is deeplabv3plus.settings(ml_collections.ConfigDict(config.to_dict()))  # memoised by value
+    assert own.affinity_rates == ((8, 8), (12, 24), (24, 12)) and own.multi_grid == (1, 2)
+    assert own.propagation == affinity.Propagation(own.affinity_rates, 6.0, 7.0, 10)
+    assert (own.backbone_bn_decay, own.bn_decay, own.aspp_dropout, own.affinity_reduction) == (
+        0.95, 0.9997, 0.1, "mean_over_pairs")
+    # A config.json written before the keys existed: the network and loss those runs had.
+    old = _model_config()
+    with old.unlocked():
+        for key in deeplabv3plus.LEGACY:
+            del old.deeplabv3plus[key]
+    model = deeplabv3plus.build(old, 3)
+    assert (model.multi_grid, model.backbone_bn_momentum, model.bn_momentum, model.aspp_dropout) == ((), 0.9, 0.9, 0.0)
+    assert deeplabv3plus.settings(old).affinity_reduction == "sum_over_pairs"
+    new = deeplabv3plus.build(_model_config(), 3)
+    assert (new.multi_grid, new.backbone_bn_momentum, new.bn_momentum, new.aspp_dropout) == ((1, 2), 0.95, 0.9997, 0.1)
+    assert not new.aspp_separable and not new.decoder_separable
+
+
+def test_check_names_each_key(tmp_path):
     deeplabv3plus.check(_model_config())  # no head: nothing to look up
-    deeplabv3plus.check(_model_config(affinity_rates=(8,), affinity_weighting="none"))  # no statistics needed
-    with pytest.raises(ConfigError, match=r"model\.deeplabv3plus\.affinity_stats.*python -m experiments"
-                                          r"\.affinity_stats --config="):
-        deeplabv3plus.check(_model_config(affinity_rates=(8, 16)))
+    # a head reads the statistics stored with its dataset: nothing to look up before the run
+    deeplabv3plus.check(_model_config(affinity_rates=(8,), affinity_stats_dataset="voc_aug"))
+    with pytest.raises(ConfigError, match=r"model\.deeplabv3plus\.affinity_stats_dataset=''.*data\.name"):
+        deeplabv3plus.check(_model_config(affinity_rates=(8,)))
     missing = str(tmp_path / "missing.json")
-    with pytest.raises(ConfigError, match="missing.json.*python -m experiments.affinity_stats"):
+    with pytest.raises(ConfigError, match=r"missing\.json.*python -m experiments\.affinity_stats .*--output="):
         deeplabv3plus.check(_model_config(affinity_rates=(8,), affinity_stats=missing))
     path = str(tmp_path / "stats.json")
     _write_stats(path, np.zeros((1, 20, 20), np.int32), (8,))
@@ -131,43 +270,122 @@ def test_check_names_keys_and_the_stats_command(tmp_path):
     with pytest.raises(ConfigError, match=r"rates \[\(16, 16\)\]"):  # the file lacks a configured rate
         deeplabv3plus.check(_model_config(affinity_rates=(8, 16), affinity_stats=path))
     bad = {"output_stride": 32, "eval_output_stride": 4, "aspp_rates": (), "decoder_channels": 0,
-           "affinity_rates": ((1, 2, 3),), "affinity_weighting": "sqrt-reweight", "affinity_beta": -1.0}
+           "affinity_rates": ((1, 2, 3),), "affinity_weighting": "sqrt-reweight", "affinity_beta": -1.0,
+           "multi_grid": (1, 2, 4), "backbone_bn_decay": 1.0, "bn_decay": -0.1, "aspp_dropout": 1.5,
+           "affinity_reduction": "mean", "propagation_lambda": -1.0,
+           "propagation_mu": 1.0, "propagation_iterations": 0}
     for key, value in bad.items():
         with pytest.raises(ConfigError, match=rf"model\.deeplabv3plus\.{key}="):
             deeplabv3plus.check(_model_config(**{key: value}))
+    with pytest.raises(ConfigError, match=r"multi_grid=\(1, 2\).*3 positive ints.*ResNet-50.*\(1, 2, 4\)"):
+        config = _model_config()
+        config.depth = 50
+        deeplabv3plus.check(config)
     assert deeplabv3plus.backbones(_model_config()) == ("backbone",)
     entry = Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
                    check=deeplabv3plus.check, defaults=deeplabv3plus.defaults)
     assert isinstance(entry.build(_model_config(), 3), DeepLabV3Plus) and entry.extra_predictions({}) == {}
-    assert deeplabv3plus.default_stats_path("voc_aug") == os.path.join("affinity_stats", "voc_aug.json")
+    family = FAMILIES["deeplabv3plus"]
+    assert family.train_output_stride(_model_config()) == 16
+    assert family.train_output_stride(_model_config(output_stride=8)) == 8
+    assert family.propagation(_model_config()) is None
 
 
-def test_stats_script_writes_where_the_config_reads(tiny_data_dir, tmp_path):
+def _copied_data_dir(tiny_data_dir, tmp_path) -> str:
+    """A private copy of the tiny prepared dataset: the statistics are written into it."""
+    data_dir = str(tmp_path / "tfds")
+    shutil.copytree(tiny_data_dir, data_dir)
+    return data_dir
+
+
+def _tiny_labels(data_dir):
     from difnet_jax.data import pipeline
 
+    return np.stack([np.asarray(e["label"])[..., 0] for e in pipeline.source(TINY, "train", data_dir)])
+
+
+def test_statistics_are_counted_once_beside_the_dataset_not_in_the_working_directory(tiny_data_dir, tmp_path,
+                                                                                    monkeypatch):
+    data_dir = _copied_data_dir(tiny_data_dir, tmp_path)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    spec = (2, (2, 4))
+    config = _model_config(affinity_rates=spec, affinity_weighting="none", affinity_stats_dataset=TINY,
+                           affinity_stats_data_dir=data_dir)
+    deeplabv3plus.check(config)
+    model = deeplabv3plus.build(config, 4)  # counts the train split, once
+    path = affinity_stats.stats_path(TINY, data_dir)
+    assert path.startswith(os.path.join(data_dir, "synthetic_shapes", "tiny")), path
+    assert path.endswith(os.path.join("affinity_stats", "train.json")) and os.path.isfile(path)
+    direct = affinity.count_neighbours(_tiny_labels(data_dir), affinity.expand_rates(spec))
+    # weighting `none` too: the bias starts at pi_r, not 0.5
+    np.testing.assert_allclose(model.affinity_bias_init, direct.positive_freq)
+    assert 0.5 < min(model.affinity_bias_init) < 1.0
+    assert list(workdir.iterdir()) == []  # nothing written to the working directory
+    with open(path) as f:
+        document = json.load(f)
+    assert document["dataset"] == TINY and document["split"] == "train" and document["images"] == 48
+    assert sorted(document["rates"]) == ["2,2", "2,4", "4,2"]
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(affinity_stats, "count_split", no_counting)
+    stored, same_path = affinity_stats.split_stats(TINY, data_dir, [(2, 4)])
+    assert same_path == path and stored.counts.tolist() == direct.counts[1:2].tolist()
+
+
+def test_stats_script_writes_the_datasets_file_or_one_of_its_own(tiny_data_dir, tmp_path):
+    data_dir = _copied_data_dir(tiny_data_dir, tmp_path)
     config = ml_collections.ConfigDict()
-    config.data = ml_collections.ConfigDict({"name": "synthetic_shapes/tiny", "data_dir": tiny_data_dir})
-    config.model = _model_config(affinity_rates=(2, (2, 4)), affinity_stats=str(tmp_path / "s" / "tiny.json"))
-    path = affinity_stats.compute_and_save(config, paper_rates=False)
-    assert path == config.model.deeplabv3plus.affinity_stats and os.path.exists(path)
+    config.data = ml_collections.ConfigDict({"name": TINY, "data_dir": data_dir})
+    config.model = _model_config(affinity_rates=(2, (2, 4)), affinity_stats_dataset=TINY,
+                                 affinity_stats_data_dir=data_dir)
+    path = stats_script.compute_and_save(config, paper_rates=False)
+    assert path == affinity_stats.stats_path(TINY, data_dir)
     assert os.path.getsize(os.path.splitext(path)[0] + ".png") > 5_000  # Fig. 3
     with open(path) as f:
         document = json.load(f)
     assert sorted(document["rates"]) == ["2,2", "2,4", "4,2"] and document["images"] == 48
-    labels = np.stack([np.asarray(e["label"])[..., 0] for e in pipeline.source("synthetic_shapes/tiny", "train",
-                                                                                 tiny_data_dir)])
-    direct = affinity.count_neighbours(labels, [(2, 4)])
+    direct = affinity.count_neighbours(_tiny_labels(data_dir), [(2, 4)])
     entry = document["rates"]["2,4"]
     assert entry["counts"] == direct.counts[0].tolist() and entry["pairs"] == int(direct.pairs[0])
     assert 0.5 < entry["pi"] < 1.0 and abs(sum(entry["freq"]) - 1) < 1e-9
-    deeplabv3plus.check(config.model)  # now found
-    model = deeplabv3plus.build(config.model, 4)
-    np.testing.assert_allclose(model.affinity_bias_init, [document["rates"][k]["pi"] for k in ("2,2", "2,4", "4,2")])
     # a second run for other rates keeps the first run's entries
     config.model.deeplabv3plus.affinity_rates = (3,)
-    affinity_stats.compute_and_save(config, paper_rates=False)
+    stats_script.compute_and_save(config, paper_rates=False)
     with open(path) as f:
-        assert sorted(json.load(f)["rates"]) == ["2,2", "2,4", "3,3", "4,2"]
+        document = json.load(f)
+    assert sorted(document["rates"]) == ["2,2", "2,4", "3,3", "4,2"]
+    # --output: a file of one's own, which a run reads through model.deeplabv3plus.affinity_stats
+    own = str(tmp_path / "mine" / "stats.json")
+    assert stats_script.compute_and_save(config, paper_rates=False, output=own) == own
+    config.model.deeplabv3plus.affinity_stats = own
+    deeplabv3plus.check(config.model)
+    np.testing.assert_allclose(deeplabv3plus.build(config.model, 4).affinity_bias_init,
+                               [document["rates"]["3,3"]["pi"]])
+
+
+def test_propagation_uses_the_familys_settings():
+    from difnet_jax.evaluation import report
+
+    config = _model_config(affinity_rates=(2,), propagation_lambda=3.0, propagation_mu=5.0, propagation_iterations=4)
+    settings = FAMILIES["deeplabv3plus"].propagation(config)
+    assert settings == affinity.Propagation(((2, 2),), 3.0, 5.0, 4)
+    refinements = report.propagation_refinements(config, (2, "paper"), ("paper",))
+    assert sorted(refinements) == ["oracle_T4", "propagate_T2", "propagate_T4"]
+    keys = jax.random.split(jax.random.key(0), 3)
+    probs = jax.nn.softmax(jax.random.normal(keys[0], (1, 12, 12, 3)))
+    logits = jax.random.normal(keys[1], (1, 12, 12, 8))
+    labels = jax.random.randint(keys[2], (1, 12, 12), 0, 3)
+    np.testing.assert_allclose(
+        refinements["propagate_T4"](probs, {"affinity_logits": logits}, None, labels),
+        affinity.propagate(probs, affinity.steep_sigmoid(logits, 5.0), ((2, 2),), lam=3.0, iterations=4), atol=1e-6)
+    np.testing.assert_allclose(
+        refinements["oracle_T4"](probs, {}, None, labels),
+        affinity.propagate(probs, affinity.ground_truth_affinity(labels, ((2, 2),)), ((2, 2),), lam=3.0,
+                           iterations=4), atol=1e-6)
 
 
 def _fixed_batch():
@@ -189,7 +407,7 @@ def test_bias_init_and_short_training_lowers_both_losses(tmp_path):
     deeplabv3plus.check(config)
     model = deeplabv3plus.build(config, 3)
     # an rbg key: XLA compiles threefry over every parameter far more slowly on CPU
-    (_, first_outputs), variables = jax.jit(
+    (first_logits, first_outputs), variables = jax.jit(
         lambda x: model.init_with_output(jax.random.key(0, impl="rbg"), x, train=False))(batch["image"])
     # bias init: sigmoid(b_r) = pi_r from the stored statistics, so the first prediction is about pi_r
     pis = affinity.load_stats(path, affinity.expand_rates((4, (2, 6)))).positive_freq
@@ -198,25 +416,30 @@ def test_bias_init_and_short_training_lowers_both_losses(tmp_path):
     np.testing.assert_allclose(1 / (1 + np.exp(-bias)), np.repeat(pis, 8), rtol=1e-5)
     first_affinity = np.asarray(jax.nn.sigmoid(first_outputs["affinity_logits"])).reshape(2, 49, 49, 3, 8)
     np.testing.assert_allclose(first_affinity.mean(axis=(0, 1, 2, 4)), pis, atol=0.05)  # not 1 - pi
+    # the family's loss reduces as configured: the other reading is 8|R| = 24 times the default's term
+    _, mean_terms = deeplabv3plus.loss((first_logits, first_outputs), batch, config)
+    _, sum_terms = deeplabv3plus.loss((first_logits, first_outputs), batch, _model_config(
+        affinity_rates=(4, (2, 6)), affinity_stats=path, affinity_reduction="sum_over_pairs"))
+    np.testing.assert_allclose(sum_terms["affinity"], 24 * mean_terms["affinity"], rtol=1e-5)
     optimizer = optax.adam(3e-3)
 
-    def loss_fn(params, batch_stats):
+    def loss_fn(params, batch_stats, key):
         outputs, state = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
-                                     mutable=["batch_stats"])
+                                     mutable=["batch_stats"], rngs={"dropout": key})
         total, terms = deeplabv3plus.loss(outputs, batch, config)
         return total, (terms, state["batch_stats"])
 
     @jax.jit
-    def step(params, batch_stats, opt_state):
-        (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
+    def step(params, batch_stats, opt_state, key):
+        (total, (terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), batch_stats, opt_state, total, terms
 
     params, batch_stats = variables["params"], variables["batch_stats"]
     opt_state = optimizer.init(params)
     history = []
-    for _ in range(40):
-        params, batch_stats, opt_state, total, terms = step(params, batch_stats, opt_state)
+    for i in range(40):
+        params, batch_stats, opt_state, total, terms = step(params, batch_stats, opt_state, jax.random.key(i))
         history.append({k: float(v) for k, v in terms.items()} | {"total": float(total)})
     first, last = history[0], history[-1]
     assert set(first) == {"ce", "affinity", "total"}

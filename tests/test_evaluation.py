@@ -12,27 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difnet_jax import predict, timing, train, trained_run
-from difnet_jax.data import pipeline
+from difnet_jax import predict, timing, trained_run
+from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation import crf, evaluator, report
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.studies import difnet_mechanism
-from tests.test_train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 21
-
-
-@pytest.fixture(scope="module")
-def tiny_workdir(tiny_data_dir, tmp_path_factory):
-    """A DifNet-18 (width 8, one ASPP rate) trained for 2 steps on the tiny dataset."""
-    workdir = str(tmp_path_factory.mktemp("difnet_tiny"))
-    config = tiny_config(tiny_data_dir)
-    config.model.aspp_rates = (1,)
-    config.train.batch_size = 2
-    config.train.num_steps = 2
-    train.train_and_evaluate(config, workdir)
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +95,16 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
     out = tmp_path / "out"
     probabilities_fn = lambda images: evaluator.model_probabilities(
         tiny_run.model, tiny_run.variables, jax.device_put(images, tiny_run.trainer.data_sharding))
+    norm = normalization.of_config(tiny_run.config.data)  # the run's own input, as experiments.predict passes it
     summary = predict.predict_files(probabilities_fn, predict.list_inputs(str(tmp_path / "in")), str(out),
-                                    eval_size=97)
+                                    eval_size=97, normalization=norm)
     assert [os.path.basename(path) for path, _ in summary.failed] == ["x.jpg"] and "x.jpg" in summary.failed[0][1]
     assert sorted(os.listdir(out)) == ["large.png", "large_overlay.png", "small.png", "small_overlay.png"]
 
     label_png = Image.open(out / "small.png")
     assert label_png.mode == "P" and label_png.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
-    padded, _ = pipeline.pad_to(small, np.zeros(small.shape[:2], np.uint8), 97, 97)
-    logits = timing.forward(tiny_run.model, tiny_run.variables, pipeline.normalize(padded)[None])
+    padded, _ = pipeline.pad_to(small, np.zeros(small.shape[:2], np.uint8), 97, 97, norm)
+    logits = timing.forward(tiny_run.model, tiny_run.variables, pipeline.normalize(padded, norm)[None])
     np.testing.assert_array_equal(np.asarray(label_png), np.asarray(logits[0].argmax(-1))[:50, :70])
     large = Image.open(out / "large.png")
     assert large.mode == "P" and large.size == (180, 150)

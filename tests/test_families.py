@@ -70,3 +70,41 @@ def test_one_train_step_and_one_evaluation(variant, tmp_path):
     assert set(heads) == {FINAL, *extra}
     for probabilities in heads.values():
         assert probabilities.shape == (2, 41, 41, K)
+
+
+@pytest.mark.parametrize("variant", KINDS)
+def test_each_family_asks_for_the_crops_its_output_stride_aligns(variant):
+    """Output stride 8 (DifNet, Sim-DeepLab, PDN): 8k+1 crops; DeepLabv3+ at its training stride (16 in the paper)."""
+    from difnet_jax.config_checks import ConfigError, check_config
+
+    config = get_config(f"{variant},synthetic")
+    name = config.model.name
+    if name == "deeplabv3plus":
+        config.model.deeplabv3plus.output_stride = 16
+    stride = FAMILIES[name].train_output_stride(config.model)
+    assert stride == (16 if name == "deeplabv3plus" else 8)
+    for crop in (81, 97, 65):
+        config.data.crop_size = crop
+        check_config(config)
+    config.data.crop_size = 80
+    with pytest.raises(ConfigError, match=rf"config\.data\.crop_size=80 is invalid: expected {stride}k\+1 .*"
+                                          rf"{name}.*{'65 or 81' if stride == 16 else '73 or 81'}"):
+        check_config(config)
+    config.data.crop_size = 73  # 8k+1, not 16k+1
+    if stride == 16:
+        with pytest.raises(ConfigError, match="65 or 81"):
+            check_config(config)
+        config.model.deeplabv3plus.output_stride = 8  # trained at 8, 73 aligns
+    check_config(config)
+
+
+def test_only_a_model_with_an_affinity_head_offers_propagation():
+    for variant in KINDS:
+        config = get_config(f"{variant},synthetic")
+        settings = FAMILIES[config.model.name].propagation(config.model)
+        if variant.endswith("_affinity"):
+            own = config.model.deeplabv3plus
+            assert settings.rates == affinity.expand_rates(tuple(own.affinity_rates)) != ()
+            assert (settings.lam, settings.mu, settings.iterations) == (6.0, 7.0, 10)
+        else:
+            assert settings is None, variant

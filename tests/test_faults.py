@@ -1,5 +1,6 @@
-"""A run loses nothing: SIGTERM saves and resumes, NaNs are caught, corrupt checkpoints are skipped,
-a changed model is refused, a bad workdir fails early, bf16 trains like float32."""
+"""A run loses nothing: SIGTERM saves and resumes (also at the last step and during an evaluation),
+NaNs are caught, corrupt checkpoints are skipped, a changed model is refused, a bad workdir fails
+early, bf16 trains like float32."""
 
 import json
 import logging
@@ -16,9 +17,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from difnet_jax import checkpointing, train
+from difnet_jax.config_errors import PathError
 from difnet_jax.data import pipeline
-from tests.conftest import TINY
-from tests.test_train import tiny_config
+from difnet_jax.run_log import Progress
+from tests.helpers import TINY, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,10 +43,12 @@ def test_sigterm_saves_and_the_run_resumes_where_it_stopped(tiny_data_dir, tmp_p
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output[-3000:]
-    assert "Stopped by SIGTERM" in output
+    assert output.count("SIGTERM received") == 1 and output.count("Stopped by") == 1, output[-3000:]
     saved = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
     assert len(saved) == 1 and 2 <= saved[0] < 400
     stopped_at = saved[0]
+    assert (f"Stopped by SIGTERM after step {stopped_at}; checkpoint saved in {workdir / 'checkpoints'}. "
+            "Run the same command to resume.") in output
 
     command[command.index("--config.train.num_steps=400")] = f"--config.train.num_steps={stopped_at + 2}"
     # num_steps may change on resume (it is not a model or data key); the run continues from the checkpoint.
@@ -94,8 +98,9 @@ def test_nan_batch_is_skipped_when_asked(tiny_data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train.Trainer, "global_batch", _poisoning_global_batch(2))
     result = train.train_and_evaluate(config, str(tmp_path))
     assert result["step"] == 4 and np.isfinite(result["val/miou"])
-    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["skipped_steps"] == 1 and np.isfinite(first["loss"])
+    logged = [r for r in _records(tmp_path) if "loss" in r]  # steps 1 and 4; the NaN came at step 2
+    assert [(r["step"], r["skipped_steps"]) for r in logged] == [(1, 0), (4, 1)]
+    assert all(np.isfinite(r["loss"]) for r in logged)
 
 
 def test_skipped_step_leaves_the_state_unchanged(tiny_data_dir):
@@ -158,10 +163,11 @@ def test_bad_workdir_fails_before_training(tiny_data_dir, tmp_path, monkeypatch)
     config = tiny_config(tiny_data_dir)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(OSError, match="is not writable"):
+    with pytest.raises(PathError, match=r"workdir '.*a_file/run' is not writable \(Not a directory\): choose "
+                                          "another --workdir"):
         train.train_and_evaluate(config, str(blocker / "run"))
     monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 1024))
-    with pytest.raises(OSError, match="1 MiB free|0 MiB free"):
+    with pytest.raises(PathError, match="1 MiB free|0 MiB free"):
         train.train_and_evaluate(config, str(tmp_path / "full"))
     assert not (tmp_path / "full" / "checkpoints").exists()
 
@@ -183,3 +189,86 @@ def test_bfloat16_trains_like_float32(tiny_data_dir):
             losses[dtype].append(float(metrics["loss"]))
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
     assert losses["bfloat16"][-1] < losses["bfloat16"][0]
+
+
+def _signal_self(signum):
+    os.kill(os.getpid(), signum)  # the handler runs before os.kill returns, as for a signal from outside
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_stop_at_the_last_step_is_honoured_and_the_rerun_evaluates(tiny_data_dir, tmp_path, monkeypatch, caplog):
+    """Ctrl-C while the last step's report waits for the device: no evaluation; the rerun does it."""
+    config = tiny_config(tiny_data_dir)
+    config.train.num_steps = 3
+    config.train.log_every = config.train.checkpoint_every = config.train.eval_every = 100
+    report = Progress.report
+
+    def report_then_ctrl_c(self, step):
+        report(self, step)
+        if step == 3:
+            _signal_self(signal.SIGINT)
+
+    monkeypatch.setattr(Progress, "report", report_then_ctrl_c)
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        result = train.train_and_evaluate(config, str(tmp_path))
+    assert result == {"step": 3, "stopped_by": "SIGINT"}
+    assert caplog.text.count("Stopped by") == 1 and "Stopped by SIGINT after step 3; checkpoint saved" in caplog.text
+    assert checkpointing.checkpoint_manager(str(tmp_path), config).all_steps() == [3]
+    assert [r["step"] for r in _records(tmp_path) if "val/miou" in r] == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    monkeypatch.undo()
+    rerun = train.train_and_evaluate(config, str(tmp_path))
+    assert rerun["step"] == 3 and 0 <= rerun["val/miou"] <= 1
+    assert [r["step"] for r in _records(tmp_path) if "val/miou" in r] == [3]
+
+
+def test_a_stop_during_an_evaluation_checkpoints_and_the_resumed_run_evaluates_again(tiny_data_dir, tmp_path,
+                                                                                    monkeypatch, caplog):
+    config = tiny_config(tiny_data_dir)
+    config.train.num_steps = 4
+    config.train.eval_every = 2
+    config.train.log_every = config.train.checkpoint_every = 100  # step 2 is no checkpoint step of its own
+    evaluate = train.Trainer.evaluate
+
+    def sigterm_then_evaluate(self, *args, **kwargs):
+        _signal_self(signal.SIGTERM)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "evaluate", sigterm_then_evaluate)
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        result = train.train_and_evaluate(config, str(tmp_path))
+    assert result == {"step": 2, "stopped_by": "SIGTERM"}
+    assert caplog.text.count("Stopped by") == 1
+    assert ("Stopped by SIGTERM during the evaluation of step 2; checkpoint saved in "
+            f"{tmp_path / 'checkpoints'}. Run the same command to resume (it evaluates step 2 first).") in caplog.text
+    assert checkpointing.checkpoint_manager(str(tmp_path), config).all_steps() == [2]
+    assert [r["step"] for r in _records(tmp_path)] == [1, 2]  # steps 1 and 2 reported, no evaluation
+
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        result = train.train_and_evaluate(config, str(tmp_path))
+    assert result["step"] == 4 and "The evaluation of step 2 was stopped: evaluating it now." in caplog.text
+    assert [(r["step"], "val/miou" in r) for r in _records(tmp_path)] == [
+        (1, False), (2, False), (2, True), (3, False), (4, False), (4, True)]
+
+
+def test_a_stop_while_setting_up_ends_the_run_after_that_stage(tiny_data_dir, tmp_path, monkeypatch, caplog):
+    prepare = pipeline.prepare
+
+    def prepare_then_sigterm(*args, **kwargs):
+        builder = prepare(*args, **kwargs)
+        _signal_self(signal.SIGTERM)
+        return builder
+
+    monkeypatch.setattr(pipeline, "prepare", prepare_then_sigterm)
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        result = train.train_and_evaluate(tiny_config(tiny_data_dir), str(tmp_path))
+    assert result == {"step": 0, "stopped_by": "SIGTERM"}
+    assert ("Stopped by SIGTERM before training; nothing new to save. Run the same command to resume."
+            in caplog.text) and "Initialising" not in caplog.text
+    assert sorted(os.listdir(tmp_path)) == []  # no lock, checkpoint or config left behind

@@ -9,13 +9,16 @@ from difnet_jax.models import FAMILIES, DifNet, SimDeepLab, build_model, diffusi
 from difnet_jax.models.difnet import adaptive_max_pool
 from difnet_jax.models.resize import resize_bilinear
 from experiments.configs.voc import VARIANTS, get_config
+from tests.helpers import write_affinity_stats
 
 K = 21
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_has_the_right_output_shapes(variant):
+def test_every_variant_has_the_right_output_shapes(variant, tmp_path):
     config = get_config(variant)
+    if variant.endswith("_affinity"):
+        write_affinity_stats(config.model, str(tmp_path))  # the head's bias reads statistics: a file of its own
     model = build_model(config.model, K)
     x = jnp.zeros((2, 65, 65, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False))

@@ -246,6 +246,38 @@ def test_pdn_shapes_for_every_depth_with_one_and_two_modules(depth):
         for site in sites:
             assert _count(variables["params"][f"diffusion_{site}"]["module"]) == 1248 * 256
     assert pdn.module_sites(101, 2) == ("layer3_22", "layer4_1")
+    assert pdn.module_sites(18, 1) == ("layer4_0",) and pdn.module_sites(18, 2) == ("layer3_1", "layer4_0")
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_module_sits_between_the_last_two_blocks_of_layer4(depth):
+    """Perturbing only the module's parameters changes the output of exactly one layer4 block, the last."""
+    from difnet_jax.models.resnet import STAGE_SIZES, BasicBlock, Bottleneck
+
+    model = pdn.PDN(3, depth=depth, width=4, neighbors=8, d=4, aspp_rates=(1,))
+    images = jax.random.normal(jax.random.PRNGKey(0), (1, 17, 17, 3))
+    # Random values of the right shapes without compiling an init (one compilation per depth: the forward).
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, train=False))
+    variables = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32), shapes)
+    variables["batch_stats"] = jax.tree.map(lambda v: np.abs(v) + 0.5, variables["batch_stats"])
+    (site,) = [name for name in variables["params"] if name.startswith("diffusion_")]
+    perturbed = {**variables, "params": {**variables["params"], site: jax.tree.map(
+        lambda p: p + 0.5, variables["params"][site])}}
+
+    @jax.jit
+    def layer4_blocks(v):
+        _, state = model.apply(v, images, train=False, mutable=["intermediates"],
+                               capture_intermediates=lambda m, method: isinstance(m, (BasicBlock, Bottleneck)))
+        return {name: out["__call__"][0] for name, out in state["intermediates"]["backbone"].items()
+                if name.startswith("layer4_")}
+
+    before, after = layer4_blocks(variables), layer4_blocks(perturbed)
+    blocks = STAGE_SIZES[depth][3]
+    assert sorted(before) == [f"layer4_{i}" for i in range(blocks)]
+    changed = [i for i in range(blocks) if not np.array_equal(before[f"layer4_{i}"], after[f"layer4_{i}"])]
+    assert changed == [blocks - 1], (depth, site, changed)
+    assert site == f"diffusion_layer4_{blocks - 2}"
 
 
 def _tiny_pdn(modules=1, neighbors=8, K=4):
@@ -307,8 +339,8 @@ def test_loss_counts_each_term_once_and_weight_zero_removes_the_layer_terms(tiny
     zero, one = jax.jit(grads)(one_variables["params"])
     max_abs = lambda tree: max(float(jnp.abs(a).max()) for a in jax.tree.leaves(tree))
     for t in range(1, 5):  # each intermediate classifier feeds nothing but its own term
-        assert max_abs(zero["diffusion_layer4_1"][f"classifier{t}"]) == 0.0
-        assert max_abs(one["diffusion_layer4_1"][f"classifier{t}"]) > 0.0
+        assert max_abs(zero["diffusion_layer4_0"][f"classifier{t}"]) == 0.0
+        assert max_abs(one["diffusion_layer4_0"][f"classifier{t}"]) > 0.0
     # The final head sees only the final cross-entropy; the backbone below the module sees both (the
     # layer terms' share is small at the paper's N(0, 0.01) init, but ~100x above float32 rounding).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), zero["aspp"], one["aspp"])
@@ -357,6 +389,11 @@ def test_family_defaults_check_build_backbones_and_extra_predictions():
         broken.pdn = ml_collections.ConfigDict({**pdn.defaults().to_dict(), key: bad})
         with pytest.raises(ConfigError, match=f"model.pdn.{key}"):
             pdn.check(broken)
+    # read once per config value (check, build and loss share it); a config saved before `impl` reads "patches"
+    assert pdn.settings(cfg) is pdn.settings(ml_collections.ConfigDict(cfg.to_dict()))
+    old = ml_collections.ConfigDict(cfg.to_dict())
+    del old.pdn["impl"]
+    assert pdn.settings(old) == pdn.Settings(24, 1, 256, 1.0, "patches") and pdn.build(old, 5).impl == "patches"
     cfg.pdn.update(neighbors=8, modules=2, d=16, impl="conv")
     model = pdn.build(cfg, 5)
     assert (model.neighbors, model.num_modules, model.d, model.depth, model.width) == (8, 2, 16, 18, 4)

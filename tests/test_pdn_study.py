@@ -10,7 +10,7 @@ from PIL import Image
 
 from difnet_jax.models import build_model
 from difnet_jax.studies import pdn_mechanism
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_pdn_study_draws_layers_and_receptive_fields(tiny_data_dir, tmp_path):

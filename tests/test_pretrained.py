@@ -21,7 +21,7 @@ from difnet_jax.models import ResNet, resnet_reference
 from difnet_jax.pretrained import convert
 from difnet_jax.train import Trainer
 from experiments.configs.voc import get_config
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TAPS = ("stem", "layer1", "layer2", "layer3", "layer4")

@@ -1,6 +1,5 @@
 """TensorBoard events, read back with tensorboard's own reader: every scalar, the pictures, no repeated steps."""
 
-import functools
 import io
 import json
 import os
@@ -11,37 +10,18 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from difnet_jax import train, visualize
+from difnet_jax import visualize
 from difnet_jax.data import pipeline
 from difnet_jax.evaluation.evaluator import EvalOptions
 from difnet_jax.models import FAMILIES
 from difnet_jax.pictures import HEADER_HEIGHT, ValidationPictures, example_indices
 from difnet_jax.run_log import MetricsLog, scalar_tags
-from tests.conftest import TINY
-from tests.test_train import tiny_config
+from tests.helpers import TINY
 
 
-@functools.cache
-def tiny_trained_workdir(data_dir: str, base_dir: str) -> str:
-    """A DifNet-18 (width 8) trained 2 steps on the tiny dataset, logged every step, evaluated at step 2.
-
-    Cached: test_tensorboard, test_compare and test_api share the one run.
-    """
-    workdir = os.path.join(base_dir, "tiny_difnet_logged")
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):  # pytest may import this file twice (two caches)
-        return workdir
-    config = tiny_config(data_dir)
-    config.model.aspp_rates = (1,)
-    config.train.batch_size = 2
-    config.train.num_steps = 2
-    config.train.log_every = 1
-    train.train_and_evaluate(config, workdir)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def workdir(tiny_data_dir, tmp_path_factory):
-    return tiny_trained_workdir(tiny_data_dir, str(tmp_path_factory.getbasetemp()))
+@pytest.fixture
+def workdir(tiny_workdir):
+    return tiny_workdir
 
 
 def read_events(logdir: str) -> EventAccumulator:

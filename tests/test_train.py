@@ -1,7 +1,10 @@
-"""Training: the loss goes down, checkpoints resume exactly, metrics.jsonl is written."""
+"""Training: the loss goes down, checkpoints resume exactly, metrics.jsonl is written, a finished run
+only re-evaluates, and a fresh run says what it does (compiling timed, left out of its rate)."""
 
 import json
+import logging
 import os
+import re
 import shutil
 
 import jax
@@ -10,21 +13,7 @@ import orbax.checkpoint as ocp
 
 from difnet_jax import train
 from difnet_jax.data import pipeline
-from experiments.configs.voc import get_config
-from tests.conftest import TINY
-
-
-def tiny_config(data_dir, arg="difnet18,synthetic"):
-    config = get_config(arg)
-    config.model.width = 8
-    config.model.aspp_rates = (1, 2)
-    config.data.name = TINY
-    config.data.data_dir = data_dir
-    config.data.crop_size = 33
-    config.train.batch_size = 4
-    config.train.eval_batch_size = 8
-    config.train.log_every = 2
-    return config
+from tests.helpers import TINY, tiny_config
 
 
 def test_loss_falls_clearly_on_a_fixed_batch(tiny_data_dir):
@@ -51,14 +40,30 @@ def _restore_state(workdir, trainer, step):
     ]
 
 
-def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_data_dir, tmp_path):
+def _assert_says_what_it_does_and_rates_exclude_compiling(caplog, workdir):
+    """A fresh run logs each stage before it starts, its first progress line at step 1 once compiled, and
+    that line's rate (so the ETA) counts the step's run only, not the compilation before it."""
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("difnet_jax")]
+    expected = ["Preparing the data: synthetic_shapes/tiny", "Initialising difnet-18", "Training difnet-18",
+                "Compiling the train step", "Compiled the train step in", "step 1/4", "step 2/4", "eval step 4"]
+    found = [next(i for i, m in enumerate(messages) if m.startswith(prefix)) for prefix in expected]
+    assert found == sorted(found), messages
+    compile_seconds = float(re.search(r"Compiled the train step in ([\d.]+)s", caplog.text).group(1))
+    first = json.loads(open(os.path.join(workdir, "metrics.jsonl")).readline())
+    assert first["step"] == 1 and 1 / first["steps_per_sec"] < compile_seconds / 2, (first, compile_seconds)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_data_dir, tmp_path, caplog):
     config = tiny_config(tiny_data_dir)
     config.train.num_steps = 4
     config.train.checkpoint_every = 2
     config.train.eval_every = 4
     straight = str(tmp_path / "straight")
-    result = train.train_and_evaluate(config, straight)
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        result = train.train_and_evaluate(config, straight)
     assert 0.0 <= result["val/miou"] <= 1.0 and result["step"] == 4
+    _assert_says_what_it_does_and_rates_exclude_compiling(caplog, straight)
+    caplog.clear()
 
     # A run interrupted after step 2: the same workdir without the step-4 checkpoint.
     resumed = str(tmp_path / "resumed")
@@ -74,8 +79,18 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_data_dir, tmp_path
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
     records = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
-    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 4]  # a session's first step is always reported
     evals = [r for r in records if "val/miou" in r]
     assert len(evals) == 1 and evals[0]["step"] == 4 and len(evals[0]["val/iou"]) == 21
     resumed_steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
-    assert resumed_steps == [4, 4]  # only steps 3-4 were trained again: one train and one eval line
+    assert resumed_steps == [3, 4, 4]  # only steps 3-4 were trained again: two train lines and one eval line
+
+    # Running a finished run again re-evaluates it: the same figures, no training, no second eval line.
+    lines_before = open(os.path.join(straight, "metrics.jsonl")).read()
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        again = train.train_and_evaluate(config, straight)
+    assert again["step"] == 4 and again["val/miou"] == result["val/miou"]
+    assert open(os.path.join(straight, "metrics.jsonl")).read() == lines_before
+    assert "is already trained to step 4 (config.train.num_steps=4): evaluating that checkpoint" in caplog.text
+    assert "not appended" in caplog.text and "steps 5..4" not in caplog.text and "Compiling" not in caplog.text
+

@@ -54,12 +54,17 @@ def skip_bad_examples() -> bool:
 
 
 def read_image(path: epath.Path) -> tuple[bytes, tuple[int, int]]:
-    """The encoded RGB image (the file's own bytes, or PNG for a non-RGB file) and its (height, width)."""
+    """The encoded RGB image (the file's own bytes, or 8-bit PNG for a non-RGB or 16-bit file) and its (height, width).
+
+    A 16-bit RGB PNG is mode "RGB" to PIL (which keeps the high byte) but decodes to 16 bits in OpenCV,
+    which TFDS and the train pipeline decode with: it is stored re-encoded at 8 bits, as PIL reads it.
+    """
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            if image.mode != "RGB":
+            sixteen_bit_png = data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 and data[24] != 8
+            if image.mode != "RGB" or sixteen_bit_png:
                 data = png_bytes(np.asarray(image.convert("RGB"))).getvalue()
             return data, (image.height, image.width)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

@@ -17,11 +17,13 @@ from collections.abc import Iterable, Sequence
 import tensorflow_datasets as tfds
 from etils import epath
 
+from difnet_jax.config_errors import MissingPathError
+
 log = logging.getLogger(__name__)
 
 
 def manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
-    """`dl_manager.manual_dir`; a missing or empty one is a FileNotFoundError.
+    """`dl_manager.manual_dir`; a missing or empty one is a MissingPathError (a FileNotFoundError).
 
     TFDS's message names the folder and the builder's MANUAL_DOWNLOAD_INSTRUCTIONS,
     which name the archives expected there.
@@ -29,7 +31,7 @@ def manual_dir(dl_manager: tfds.download.DownloadManager) -> epath.Path:
     try:
         return dl_manager.manual_dir
     except AssertionError as error:  # TFDS asserts that manual_dir exists and is not empty.
-        raise FileNotFoundError(str(error)) from None
+        raise MissingPathError(str(error)) from None
 
 
 def locate(root: epath.Path, archive: str, required: Sequence[str], extract_dir: epath.Path) -> epath.Path:
@@ -42,14 +44,14 @@ def locate(root: epath.Path, archive: str, required: Sequence[str], extract_dir:
         return root
     archive_path = root / archive
     if not archive_path.is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"Expected {root / missing}, from the official archive {archive}: extract {archive} into {root}, "
             f"or put {archive} itself there."
         )
     extracted = extract(archive_path, extract_dir / archive)
     missing = _first_missing(extracted, required)
     if missing is not None:
-        raise FileNotFoundError(f"{archive_path} does not contain {missing}; is it the official {archive}?")
+        raise MissingPathError(f"{archive_path} does not contain {missing}; is it the official {archive}?")
     return extracted
 
 
@@ -83,7 +85,7 @@ def extract(archive: epath.Path, destination: epath.Path) -> epath.Path:
 def read_ids(path: epath.Path, archive: str) -> list[str]:
     """The image ids of a split list (the first word of each non-blank line), in file order."""
     if not path.is_file():
-        raise FileNotFoundError(f"Expected the split list {path}, from the official archive {archive}.")
+        raise MissingPathError(f"Expected the split list {path}, from the official archive {archive}.")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -92,7 +94,7 @@ def require_files(paths: Iterable[epath.Path], archive: str) -> None:
     missing = [path for path in paths if not path.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"Expected {missing[0]}{more}, from the official archive {archive}: extract it completely."
         )
 
@@ -101,6 +103,6 @@ def find_files(folder: epath.Path, pattern: str, archive: str) -> list[epath.Pat
     """The files in `folder` matching the glob `pattern`, sorted; FileNotFoundError naming both if there are none."""
     paths = sorted(path for path in folder.glob(pattern) if path.is_file())
     if not paths:
-        raise FileNotFoundError(f"Expected files {folder / pattern}, from the official archive {archive}: "
+        raise MissingPathError(f"Expected files {folder / pattern}, from the official archive {archive}: "
                                 "extract it completely.")
     return paths

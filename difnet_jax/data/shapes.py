@@ -114,3 +114,38 @@ def render_scene(seed: int, split: str, index: int, size: int = 96) -> tuple[np.
     image = image + rng.normal(0.0, 0.04, image.shape)
     image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     return image, void_band(label)
+
+
+def render_object(seed: int, split: str, index: int, size: int = 64, scene_size: int = 96, *,
+                  with_mask: bool = False):
+    """Returns (image uint8 (size, size, 3), class id in 1..20) of one classification image, plus the
+    object's mask (size, size) bool if `with_mask`.
+
+    The pretraining images (`synthetic_classes`, like ImageNet to VOC): one object of a class
+    drawn uniformly on a scene's background with its distractors, at the scenes' pixel sizes
+    (radius and distractor axes as fractions of `scene_size`, as `render_scene` draws them),
+    centred at most 0.7 radius from the border. A stream of its own: no image repeats a scene.
+    """
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index, 1])
+    base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.45), rng.uniform(0.3, 0.85)))
+    coarse = rng.normal(0.0, 0.12, (4, 4, 3))
+    shading = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
+    image = np.clip(base + shading, 0, 1)
+    for _ in range(rng.integers(0, 3)):
+        centre = rng.uniform(0.1 * size, 0.9 * size, 2)
+        u, v = _rotated_grid(rng, size, centre)
+        axis = rng.uniform(0.06, 0.16) * scene_size
+        mask = (u / axis) ** 2 + (v / (axis * rng.uniform(0.25, 0.45))) ** 2 <= 1.0
+        material = MATERIALS[rng.integers(len(MATERIALS))]
+        image[mask] = _material_pixels(rng, material, u, v)[mask]
+    class_id = int(rng.integers(1, NUM_CLASSES))
+    shape, material = SHAPES[(class_id - 1) // 4], MATERIALS[(class_id - 1) % 4]
+    radius = rng.uniform(0.14, 0.3) * scene_size
+    low, high = sorted((radius * 0.7, size - radius * 0.7))
+    centre = rng.uniform(low, high, 2)
+    u, v = _rotated_grid(rng, size, centre)
+    mask = _shape_mask(shape, u, v, radius)
+    image[mask] = _material_pixels(rng, material, u, v)[mask]
+    image = image + rng.normal(0.0, 0.04, image.shape)
+    image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return (image, class_id, mask) if with_mask else (image, class_id)

@@ -13,7 +13,12 @@
 - Heads: besides the final output, every named prediction of the model's family
   (`Family.extra_predictions`, e.g. PDN's diffusion layers) gets its own confusion matrix,
   as does every refinement (e.g. affinity propagation with T iterations), so one pass
-  reports them all.
+  reports them all. A refinement runs once on the whole canvas in every mode: under
+  sliding windows it reads the windows' probabilities and model maps (e.g. affinity
+  logits) stitched to the canvas (`stitch_windows`).
+- Compiled functions are memoised per (model, family, options, maps read) at module level,
+  like big_vision's evaluators: two `Evaluator`s of equal modules and options (the training
+  loop's and `evaluate_workdir`'s) compile once.
 - Multi-host: every host reads the same batches and feeds its share of each global batch,
   like training; confusion matrices come back replicated. A host-side postprocess (the
   dense CRF) and saving the predictions need the pixels on one host (single process).
@@ -37,6 +42,8 @@ from jax.sharding import PartitionSpec as P
 
 from difnet_jax.constants import EVAL_MODES, IGNORE_LABEL, OUTPUT_STRIDE
 from difnet_jax.data import pipeline
+from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.data.normalization import of_config as normalization_of
 from difnet_jax.evaluation import metrics
 from difnet_jax.models.family import Family
 from difnet_jax.models.resize import resize_bilinear
@@ -103,37 +110,93 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [*starts, length - window]
 
 
-def sliding_window_probabilities(probabilities_fn: Callable[[jax.Array], Any], images: jax.Array, *, window: int,
-                                 stride: int) -> Any:
-    """Probabilities of `window` x `window` crops `stride` apart, averaged where they overlap.
+Offset = tuple[int, int]  # (s, t): a pair map's channel relates pixel (i, j) to (i + s, j + t)
+
+
+def pair_mask(window: int, offsets: Sequence[Offset]) -> np.ndarray:
+    """(window, window, C) float32: 1 where channel c's neighbour (i + s_c, j + t_c) lies inside the window."""
+    index = np.arange(window)
+    inside = lambda shift: (index + shift >= 0) & (index + shift < window)
+    return np.stack([inside(s)[:, None] & inside(t)[None, :] for s, t in offsets], -1).astype(np.float32)
+
+
+def stitch_windows(outputs_fn: Callable[[jax.Array], tuple[Any, Mapping[str, jax.Array]]], images: jax.Array, *,
+                   window: int, stride: int, pair_offsets: Mapping[str, Sequence[Offset]] | None = None
+                   ) -> tuple[Any, dict[str, jax.Array]]:
+    """`outputs_fn` of `window` x `window` crops `stride` apart, stitched to the images' size.
+
+    outputs_fn: crops (B, window, window, 3) -> (pixel outputs, pair maps): the first a pytree
+    of (B, window, window, C) maps of each pixel (the heads' probabilities), averaged over the
+    windows that hold the pixel; the second {name: (B, window, window, C)} logits of pixel
+    pairs, channel c relating pixel p to p + pair_offsets[name][c] (affinity logits).
+
+    A pair map is averaged over the windows that hold *both* pixels of the pair: a window that
+    holds p but not its neighbour predicts the pair without having seen the neighbour (it sees
+    the window's edge), and training never supervises such pairs (`affinity.affinity_targets`
+    marks a neighbour outside the crop invalid), so those predictions are left out. Where no
+    window holds both pixels (the neighbour is off the canvas, or windows overlap by less than
+    the offset) the stitched logit is -inf: affinity 0 under any sigmoid, so the pair adds
+    nothing to propagation, as the oracle's invalid pairs and off-image neighbours do. The
+    averaging is over logits (the model's output), the probabilities' over softmax outputs.
 
     The images are padded (with 0, the mean colour after normalisation) to at least the window;
-    every pixel is covered by at least one window. When one window covers the images this is
-    `probabilities_fn(images)` itself.
+    every pixel is covered by at least one window. When one window covers the images the pixel
+    outputs are `outputs_fn(images)`'s, and so are the pair maps wherever the neighbour is inside.
     """
+    pair_offsets = {name: tuple(map(tuple, offsets)) for name, offsets in (pair_offsets or {}).items()}
     batch, height, width, _ = images.shape
     padded_h, padded_w = max(height, window), max(width, window)
     images = jnp.pad(images, ((0, 0), (0, padded_h - height), (0, padded_w - width), (0, 0)))
-    total, count = None, jnp.zeros((padded_h, padded_w), jnp.float32)
+    masks = {name: pair_mask(window, offsets) for name, offsets in pair_offsets.items()}
+    total, pair_total, count = None, {}, jnp.zeros((padded_h, padded_w), jnp.float32)
+    pair_count = {name: jnp.zeros((padded_h, padded_w, mask.shape[-1]), jnp.float32) for name, mask in masks.items()}
     for top in window_starts(padded_h, window, stride):
         for left in window_starts(padded_w, window, stride):
-            crop = probabilities_fn(images[:, top : top + window, left : left + window])
+            crop, pairs = outputs_fn(images[:, top : top + window, left : left + window])
+            if set(pairs) != set(masks):
+                raise ValueError(f"pair maps {sorted(pairs)} differ from the declared {sorted(masks)}")
             if total is None:
                 total = jax.tree.map(lambda p: jnp.zeros((batch, padded_h, padded_w, p.shape[-1]), p.dtype), crop)
+                pair_total = {name: jnp.zeros((batch, padded_h, padded_w, mask.shape[-1]), jnp.float32)
+                              for name, mask in masks.items()}
             rows, cols = slice(top, top + window), slice(left, left + window)
             total = jax.tree.map(lambda t, p, rows=rows, cols=cols: t.at[:, rows, cols].add(p), total, crop)
             count = count.at[rows, cols].add(1.0)
-    return jax.tree.map(lambda t: (t / count[None, :, :, None])[:, :height, :width], total)
+            for name, mask in masks.items():
+                if pairs[name].shape[1:] != mask.shape:
+                    raise ValueError(f"pair map {name!r} is {pairs[name].shape[1:]}; the window and its "
+                                     f"{mask.shape[-1]} offsets need {mask.shape}")
+                pair_total[name] = pair_total[name].at[:, rows, cols].add(mask * pairs[name].astype(jnp.float32))
+                pair_count[name] = pair_count[name].at[rows, cols].add(mask)
+    pixels = jax.tree.map(lambda t: (t / count[None, :, :, None])[:, :height, :width], total)
+    stitched = {name: jnp.where(pair_count[name] > 0, pair_total[name] / jnp.maximum(pair_count[name], 1.0),
+                                -jnp.inf)[:, :height, :width] for name in masks}
+    return pixels, stitched
 
 
-def head_logits(model, family: Family | None, variables: dict[str, Any], images: jax.Array) -> dict[str, jax.Array]:
-    """{'final': the model's logits, head: each of the family's extra predictions resized to the images}."""
+def sliding_window_probabilities(probabilities_fn: Callable[[jax.Array], Any], images: jax.Array, *, window: int,
+                                 stride: int) -> Any:
+    """Probabilities of `window` x `window` crops `stride` apart, averaged where they overlap (`stitch_windows`).
+
+    When one window covers the images this is `probabilities_fn(images)` itself.
+    """
+    return stitch_windows(lambda x: (probabilities_fn(x), {}), images, window=window, stride=stride)[0]
+
+
+def heads_and_intermediates(model, family: Family | None, variables: dict[str, Any],
+                            images: jax.Array) -> tuple[dict[str, jax.Array], Mapping[str, Any]]:
+    """(`head_logits`, the model's intermediates) of one forward pass in eval mode."""
     logits, intermediates = model.apply(variables, images, train=False)
     heads = {FINAL: logits}
     if family is not None:
         for name, head in family.extra_predictions(intermediates).items():
             heads[name] = resize_bilinear(head.astype(jnp.float32), images.shape[1:3])
-    return heads
+    return heads, intermediates
+
+
+def head_logits(model, family: Family | None, variables: dict[str, Any], images: jax.Array) -> dict[str, jax.Array]:
+    """{'final': the model's logits, head: each of the family's extra predictions resized to the images}."""
+    return heads_and_intermediates(model, family, variables, images)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "scales", "flip"))
@@ -154,6 +217,7 @@ class EvalOptions:
     stride: int = 214  # "sliding": pixels between windows
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    normalization: Normalization = IMAGENET  # how images become the network's input (config.data.normalization)
 
     def __post_init__(self):
         if self.mode not in EVAL_MODES:
@@ -161,9 +225,11 @@ class EvalOptions:
 
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict, **overrides) -> EvalOptions:
-        """The options config.data describes (configs saved before eval_mode existed: "pad")."""
+        """The options config.data describes (configs saved before eval_mode / normalization existed: "pad",
+        "imagenet")."""
         settings = {"mode": data.get("eval_mode", "pad"), "eval_size": data.eval_size, "window": data.crop_size,
-                    "stride": data.get("eval_stride", data.crop_size * 2 // 3)}
+                    "stride": data.get("eval_stride", data.crop_size * 2 // 3),
+                    "normalization": normalization_of(data)}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         settings["scales"] = tuple(float(s) for s in settings.get("scales", (1.0,)))
         return cls(**settings)
@@ -200,8 +266,8 @@ def eval_batches_with_sizes(data_source, *, batch_size: int, eval_size: int | No
             if image.shape[0] > height or image.shape[1] > width:
                 raise ValueError(f"image {ids[-1]!r} is {image.shape[:2]}, larger than the evaluation canvas "
                                  f"{height}x{width}: raise data.eval_size or use data.eval_mode=whole|sliding")
-            image, label = pipeline.pad_to(image, label, height, width)
-            images.append(pipeline.normalize(image))
+            image, label = pipeline.pad_to(image, label, height, width, options.normalization)
+            images.append(pipeline.normalize(image, options.normalization))
             labels.append(label.astype(np.int32))
         count = len(images)
         while len(images) < batch_size:
@@ -225,8 +291,93 @@ class EvalResult:
     ids: np.ndarray | None = None
 
 
-# A refinement: (final probabilities, the scale-1 intermediates, images, labels) -> refined probabilities.
-Refinement = Callable[[jax.Array, Mapping[str, Any], jax.Array, jax.Array], jax.Array]
+Reads = tuple[tuple[str, tuple[Offset, ...] | None], ...]  # (intermediate, its pair offsets or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refinement:
+    """A head computed from the final probabilities, once, on the whole canvas (affinity propagation, its oracle).
+
+    refine: (final probabilities, maps, images, labels) -> refined probabilities, all on the
+        canvas; `maps` holds the model intermediates named in `reads` at single scale,
+        stitched under sliding windows (`stitch_windows`).
+    reads: (name, offsets) of each intermediate `refine` reads: offsets None for a map of
+        pixels, else the neighbour offset (s, t) of each channel: a map of pixel pairs'
+        logits (affinity logits, `affinity.neighbour_offsets` order).
+    A plain callable given to `Evaluator` is a Refinement that reads no intermediates.
+    """
+
+    refine: Callable[[jax.Array, Mapping[str, jax.Array], jax.Array, jax.Array], jax.Array]
+    reads: Reads = ()
+
+    def __post_init__(self):
+        reads = tuple((str(name), None if offsets is None else tuple((int(s), int(t)) for s, t in offsets))
+                      for name, offsets in self.reads)
+        object.__setattr__(self, "reads", reads)  # hashable: part of the memoised functions' key
+
+    def __call__(self, probabilities, maps, images, labels):
+        return self.refine(probabilities, maps, images, labels)
+
+
+def _memoised(builder, *key):
+    """builder(*key) from its module-level cache; built afresh when the key is unhashable."""
+    try:
+        hash(key)
+    except TypeError:
+        return builder.__wrapped__(*key)
+    return builder(*key)
+
+
+@functools.lru_cache(maxsize=16)
+def _network_function(model, family: Family | None, options: EvalOptions, reads: Reads) -> Callable:
+    """jit (variables, images) -> ({head: probabilities}, {name: map of `reads`}) on the options' canvas.
+
+    One function per (model, family, options, reads) for the process, like big_vision's
+    evaluators: Linen modules and the options compare by value, so equal ones share it.
+    """
+    if reads and (options.scales != (1.0,) or options.flip):
+        raise ValueError("model maps (refinements) are read at single scale, unflipped")
+    pixel_maps = tuple(name for name, offsets in reads if offsets is None)
+    pair_offsets = {name: offsets for name, offsets in reads if offsets is not None}
+
+    def outputs(variables, images):
+        heads, intermediates = heads_and_intermediates(model, family, variables, images)
+        missing = sorted(set(dict(reads)) - set(intermediates))
+        if missing:
+            raise ValueError(f"refinements read intermediates {missing} the model does not return "
+                             f"(it returns {sorted(intermediates)})")
+        maps = lambda names: {name: intermediates[name].astype(jnp.float32) for name in names}
+        return (_softmax(heads), maps(pixel_maps)), maps(pair_offsets)
+
+    def network(variables, images):
+        outputs_fn = functools.partial(outputs, variables)
+        if options.mode == "sliding":
+            outputs_fn = functools.partial(stitch_windows, outputs_fn, window=options.window, stride=options.stride,
+                                           pair_offsets=pair_offsets)
+        (heads, pixels), pairs = multiscale_probabilities(None, images, scales=options.scales, flip=options.flip,
+                                                          probabilities_fn=outputs_fn)
+        return heads, {**pixels, **pairs}
+
+    return jax.jit(network)
+
+
+@functools.lru_cache(maxsize=16)
+def _refine_function(refinements: tuple[tuple[str, Refinement], ...]) -> Callable:
+    """jit (final probabilities, maps, images, labels) -> {name: refined probabilities}."""
+    return jax.jit(lambda final, maps, images, labels: {name: refinement(final, maps, images, labels)
+                                                        for name, refinement in refinements})
+
+
+@functools.lru_cache(maxsize=16)
+def _confusion_function(num_classes: int, replicated: NamedSharding) -> Callable:
+    """jit (labels, heads, keep) -> ({head: confusion matrix}, final predictions uint8 if keep)."""
+
+    def confusions(labels, heads, keep: bool):
+        predictions = {name: jnp.argmax(p, axis=-1) for name, p in heads.items()}
+        matrices = {name: metrics.confusion_matrix(labels, p, num_classes) for name, p in predictions.items()}
+        return matrices, (predictions[FINAL].astype(jnp.uint8) if keep else None)
+
+    return jax.jit(confusions, static_argnames=("keep",), out_shardings=replicated)
 
 
 class Evaluator:
@@ -235,45 +386,42 @@ class Evaluator:
     One instance serves the training loop (`Trainer.evaluator`) and `evaluate_workdir`:
     same canvas, same batches, same arithmetic, so both report the same mIoU for the same
     checkpoint. `refinements` add heads computed from the final probabilities and the
-    single-scale model intermediates (affinity propagation, its ground-truth oracle).
+    single-scale model maps they read (affinity propagation, its ground-truth oracle), in
+    every canvas mode. Its compiled functions are shared with every equal Evaluator
+    (`_network_function`).
     """
 
     def __init__(self, model, family: Family | None, num_classes: int, options: EvalOptions, *,
                  data_sharding: NamedSharding | None = None,
-                 refinements: Mapping[str, Refinement] | None = None,
+                 refinements: Mapping[str, Refinement | Callable] | None = None,
                  postprocess: Callable[[jax.Array, np.ndarray, np.ndarray], jax.Array] | None = None):
         self.model, self.family, self.num_classes, self.options = model, family, num_classes, options
-        self.refinements = dict(refinements or {})
+        self.refinements = {name: r if isinstance(r, Refinement) else Refinement(r)
+                            for name, r in (refinements or {}).items()}
         self.postprocess = postprocess
-        if self.refinements and (options.mode == "sliding" or options.scales != (1.0,) or options.flip):
-            raise ValueError("refinements (affinity propagation) need single-scale, unflipped pad/whole evaluation")
+        if self.refinements and (options.scales != (1.0,) or options.flip):
+            raise ValueError(f"refinements (--propagate, --propagate_oracle) need single-scale, unflipped evaluation, "
+                             f"not scales {list(options.scales)}{' + flip' if options.flip else ''}: drop "
+                             "--scales/--flip (every eval mode works)")
+        reads: dict[str, Any] = {}
+        for refinement in self.refinements.values():
+            for name, offsets in refinement.reads:
+                if reads.setdefault(name, offsets) != offsets:
+                    raise ValueError(f"refinements read intermediate {name!r} with different offsets")
+        self.reads: Reads = tuple(sorted(reads.items()))
         mesh = data_sharding.mesh if data_sharding is not None else jax.sharding.Mesh(np.array(jax.devices()),
                                                                                      ("data",))
         self.data_sharding = data_sharding or NamedSharding(mesh, P("data"))
-        replicated = NamedSharding(mesh, P())
-        self._heads = jax.jit(self._heads_impl)
-        self._confusions = jax.jit(self._confusions_impl, static_argnames=("keep",), out_shardings=replicated)
+        self._network = _memoised(_network_function, model, family, options, self.reads)
+        self._refine = _memoised(_refine_function, tuple(self.refinements.items())) if self.refinements else None
+        self._confusions = _memoised(_confusion_function, num_classes, NamedSharding(mesh, P()))
 
-    def _heads_impl(self, variables, images, labels):
-        options = self.options
-        heads_fn = functools.partial(head_logits, self.model, self.family, variables)
-        probabilities_fn = None
-        if options.mode == "sliding":
-            probabilities_fn = functools.partial(
-                sliding_window_probabilities, lambda x: _softmax(heads_fn(x)), window=options.window,
-                stride=options.stride)
-        heads = multiscale_probabilities(heads_fn, images, scales=options.scales, flip=options.flip,
-                                         probabilities_fn=probabilities_fn)
-        if self.refinements:
-            _, intermediates = self.model.apply(variables, images, train=False)
-            for name, refine in self.refinements.items():
-                heads[name] = refine(heads[FINAL], intermediates, images, labels)
+    def _heads(self, variables, images, labels):
+        """Every head's probabilities on the canvas: the model's, then each refinement's (on the whole canvas)."""
+        heads, maps = self._network(variables, images)
+        if self._refine is not None:
+            heads = {**heads, **self._refine(heads[FINAL], maps, images, labels)}
         return heads
-
-    def _confusions_impl(self, labels, heads, keep: bool):
-        predictions = {name: jnp.argmax(p, axis=-1) for name, p in heads.items()}
-        confusions = {name: metrics.confusion_matrix(labels, p, self.num_classes) for name, p in predictions.items()}
-        return confusions, (predictions[FINAL].astype(jnp.uint8) if keep else None)
 
     def _global(self, local: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self.data_sharding, local)

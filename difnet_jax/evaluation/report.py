@@ -5,7 +5,12 @@ training loop (canvas modes, multi-scale + flip, extra heads and refinements are
 of that one path), optionally followed by the dense CRF (`difnet_jax.evaluation.crf`) on the final
 probabilities, on the image pixels only. Reports: JSON and Markdown with mIoU, pixel
 accuracy, per-class IoU, each head's mIoU and the confusion matrix, written to
-WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf].{json,md}.
+WORKDIR (or `output_dir`)/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf][_propagate].{json,md};
+that folder is checked for writing before the evaluation starts. The JSON always holds
+the whole confusion matrix; the Markdown holds it up to `MARKDOWN_MATRIX_MAX` classes (a
+wider table is unreadable: ADE20K has 150) and beyond that the largest confusions.
+`report_text` is the short form printed on the terminal: per-class IoU, heads, and the
+final mIoU and pixel accuracy as its last line.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import timing, trained_run
-from difnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
+from difnet_jax import checkpointing, timing, trained_run
 from difnet_jax.data import pipeline
+from difnet_jax.data.normalization import IMAGENET, Normalization
 from difnet_jax.evaluation import crf, metrics
 from difnet_jax.evaluation.evaluator import (
     EvalOptions,
@@ -33,14 +38,14 @@ from difnet_jax.evaluation.evaluator import (
     eval_batches_with_sizes,
     head_mious,
 )
-from difnet_jax.models import affinity
+from difnet_jax.models import affinity, family_of
 
 log = logging.getLogger(__name__)
 
 
-def unnormalize(images: np.ndarray) -> np.ndarray:
-    """Inverse of `pipeline.normalize`: colours on 0..255 (float32)."""
-    return images * IMAGENET_STD + IMAGENET_MEAN
+def unnormalize(images: np.ndarray, normalization: Normalization = IMAGENET) -> np.ndarray:
+    """Inverse of `pipeline.normalize`: RGB colours on 0..255 (float32)."""
+    return normalization.invert(images)
 
 
 
@@ -52,11 +57,12 @@ def valid_mask(sizes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 
-def crf_postprocess(params: crf.CRFParams) -> Callable[[jax.Array, np.ndarray, np.ndarray], jax.Array]:
-    """(probabilities, normalised images, sizes) -> dense-CRF marginals, image by image."""
+def crf_postprocess(params: crf.CRFParams, normalization: Normalization = IMAGENET
+                    ) -> Callable[[jax.Array, np.ndarray, np.ndarray], jax.Array]:
+    """(probabilities, images normalised by `normalization`, sizes) -> dense-CRF marginals, image by image."""
 
     def postprocess(probabilities, images, sizes):
-        colours = unnormalize(np.asarray(images))
+        colours = unnormalize(np.asarray(images), normalization)
         valid = valid_mask(sizes, *colours.shape[1:3])
         return jnp.stack([
             crf.dense_crf(probabilities[i], colours[i], valid[i], params=params) for i in range(len(colours))
@@ -66,9 +72,9 @@ def crf_postprocess(params: crf.CRFParams) -> Callable[[jax.Array, np.ndarray, n
 
 
 
-def propagation_refinements(model: ml_collections.ConfigDict, iterations: Sequence[int] = (),
-                            oracle_iterations: Sequence[int] = (), *, lam: float = 6.0,
-                            mu: float = 7.0) -> dict[str, Refinement]:
+def propagation_refinements(model: ml_collections.ConfigDict, iterations: Sequence[int | str] = (),
+                            oracle_iterations: Sequence[int | str] = (), *, lam: float | None = None,
+                            mu: float | None = None) -> dict[str, Refinement]:
     """Affinity propagation (Dilated Affinity, Eq. 6-7) as evaluator heads, one per iteration count T.
 
     'propagate_T<T>' refines the final probabilities with the model's own predicted affinity
@@ -76,18 +82,27 @@ def propagation_refinements(model: ml_collections.ConfigDict, iterations: Sequen
     rates of its affinity head; 'oracle_T<T>' with the ground-truth affinity of the labels
     (Tables 3-4, "refine with ground truth"), which works for any model, at the model's affinity
     rates or else the paper's best set R = {8, (12, 24), 16}. Pairs touching void or padding
-    have affinity 0 in the oracle.
+    have affinity 0 in the oracle. lambda, mu and the iteration count "paper" are the model
+    family's propagation settings (`Family.propagation`: config.model.deeplabv3plus.propagation_*,
+    the paper's 6, 7 and 10), or the paper's for a model without an affinity head; `lam`/`mu` override.
     """
-    own = model.get(model.name, ml_collections.ConfigDict())
-    model_rates = affinity.expand_rates(tuple(own.get("affinity_rates", ())))
-    if iterations and not model_rates:
+    settings = family_of(model).propagation(model)
+    if iterations and settings is None:
         raise ValueError(f"--propagate needs a model with an affinity head (a *_affinity variant); {model.name!r} "
                          "has none. --propagate_oracle works for every model.")
-    oracle_rates = model_rates or affinity.expand_rates(affinity.BEST_RATES)
+    settings = settings or affinity.Propagation(affinity.expand_rates(affinity.BEST_RATES))
+    model_rates = oracle_rates = settings.rates
+    lam = settings.lam if lam is None else lam
+    mu = settings.mu if mu is None else mu
+    iterations, oracle_iterations = ([settings.iterations if t == "paper" else int(t) for t in counts]
+                                     for counts in (iterations, oracle_iterations))
     refinements: dict[str, Refinement] = {}
     for t in iterations:
-        refinements[f"propagate_T{t}"] = lambda probs, intermediates, images, labels, t=t: affinity.propagate(
-            probs, affinity.steep_sigmoid(intermediates["affinity_logits"], mu), model_rates, lam=lam, iterations=t)
+        refinements[f"propagate_T{t}"] = Refinement(  # reads the affinity logits, stitched under sliding windows
+            lambda probs, intermediates, images, labels, t=t: affinity.propagate(
+                probs, affinity.steep_sigmoid(intermediates["affinity_logits"], mu), model_rates, lam=lam,
+                iterations=t),
+            reads=(("affinity_logits", [o for rate in model_rates for o in affinity.neighbour_offsets(rate)]),))
     for t in oracle_iterations:
         refinements[f"oracle_T{t}"] = lambda probs, intermediates, images, labels, t=t: affinity.propagate(
             probs, affinity.ground_truth_affinity(labels, oracle_rates), oracle_rates, lam=lam, iterations=t)
@@ -122,12 +137,32 @@ def build_report(confusion: np.ndarray, class_names: Sequence[str], **settings) 
     }
 
 
+MARKDOWN_MATRIX_MAX = 25  # classes up to which the Markdown report shows the whole confusion matrix
+LARGEST_CONFUSIONS = 20  # off-diagonal entries it lists instead, beyond that
+
+
 def _percent(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{100 * value:.2f}"
 
 
+def _fraction(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.4f}"
+
+
+def largest_confusions(confusion, count: int = LARGEST_CONFUSIONS) -> list[tuple[int, int, int, float]]:
+    """(ground truth k, predicted j, pixels, share of k's pixels) of the `count` largest off-diagonal entries."""
+    matrix = np.asarray(confusion, np.int64)
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:count]  # ties: in row-major order
+    rows = matrix.sum(axis=1)
+    return [(int(k), int(j), int(off[k, j]), off[k, j] / rows[k])
+            for k, j in zip(*np.unravel_index(flat, off.shape)) if off[k, j] > 0]
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: settings, summary, per-class IoU table and the confusion matrix."""
+    """The report as Markdown: settings, summary, per-class IoU table, and the confusion matrix
+    (up to MARKDOWN_MATRIX_MAX classes; else its LARGEST_CONFUSIONS largest off-diagonal entries)."""
     scales = report.get("scales", [1.0])
     mode = report.get("eval_mode", "pad")
     canvas = (f"padded to {report.get('eval_size')}x{report.get('eval_size')} (label 255)" if mode == "pad" else
@@ -172,6 +207,21 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {k} | {name} | {_percent(report['iou'][name])} |" for k, name in enumerate(report["class_names"])]
     confusion = report["confusion_matrix"]
+    if len(confusion) > MARKDOWN_MATRIX_MAX:
+        lines += [
+            "",
+            "## Largest confusions",
+            "",
+            f"The whole {len(confusion)}x{len(confusion)} confusion matrix is in the JSON report "
+            "(`confusion_matrix`; rows: ground truth, columns: prediction).",
+            "",
+            "| ground truth | predicted as | pixels | % of its pixels |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        names = report["class_names"]
+        lines += [f"| {k} {names[k]} | {j} {names[j]} | {pixels} | {_percent(share)} |"
+                  for k, j, pixels, share in largest_confusions(confusion)]
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "## Confusion matrix",
@@ -184,6 +234,21 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {k} {report['class_names'][k]} | " + " | ".join(str(v) for v in row) + " |"
               for k, row in enumerate(confusion)]
     return "\n".join(lines) + "\n"
+
+
+def report_text(report: dict[str, Any]) -> str:
+    """What `experiments.evaluate` prints: a class | IoU table, each head's mIoU, and last the final mIoU and
+    pixel accuracy (fractions, as in the training log). The confusion matrix stays in the files."""
+    names = report["class_names"]
+    width = max(len("class"), *(len(name) for name in names))
+    lines = [f"{report.get('model', '?')} on {report.get('dataset', '?')}/{report.get('split', '?')}, "
+             f"step {report.get('step', '?')}, {report.get('num_images', '?')} images:",
+             f"{'class':<{width}} | IoU", f"{'-' * width}-|-------"]
+    lines += [f"{name:<{width}} | {_fraction(report['iou'][name])}" for name in names]
+    for name, value in (report.get("heads") or {}).items():
+        lines.append(f"head {name}: mIoU {_fraction(value)}")
+    lines.append(f"mIoU {_fraction(report['miou'])}, pixel accuracy {_fraction(report['pixel_accuracy'])}")
+    return "\n".join(lines)
 
 
 def write_report(report: dict[str, Any], directory: str, basename: str) -> tuple[str, str]:
@@ -208,9 +273,13 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
                      mode: str | None = None, stride: int | None = None,
                      crf_params: crf.CRFParams | None = None,
                      propagate: Sequence[int] = (), propagate_oracle: Sequence[int] = (),
-                     save_predictions_npz: bool = False,
-                     batch_size: int | None = None, log_every: int = 5) -> tuple[dict[str, Any], list[str]]:
+                     save_predictions_npz: bool = False, batch_size: int | None = None, log_every: int = 5,
+                     output_dir: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """Restores a run, evaluates `split` (default: config.data.eval_split) and writes the report.
+
+    The reports go to `output_dir` (default: the workdir), which must be writable before
+    anything is loaded (ConfigError naming it otherwise). The workdir is only read: a run
+    still training there (holding its lock) can be evaluated.
 
     `mode`/`stride` override config.data.eval_mode/eval_stride; `propagate` and
     `propagate_oracle` list iteration counts of affinity propagation, each reported as a
@@ -221,6 +290,9 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     CRF's time per image and, for comparison, the time of DifNet's cascade of five random
     walks on the seed grid of the same canvas.
     """
+    output_dir = output_dir or workdir
+    if output_dir != workdir or os.path.isdir(workdir):  # (no workdir at all: load_run says so, creating nothing)
+        checkpointing.check_writable(output_dir, "report folder", "--output_dir")
     run = trained_run.load_run(workdir, config, step)
     config = run.config
     split = split or config.data.eval_split
@@ -230,7 +302,7 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     refinements = propagation_refinements(config.model, propagate, propagate_oracle)
     evaluator = Evaluator(run.model, run.trainer.family, len(run.class_names), options,
                           data_sharding=run.trainer.data_sharding, refinements=refinements,
-                          postprocess=crf_postprocess(crf_params) if crf_params else None)
+                          postprocess=crf_postprocess(crf_params, options.normalization) if crf_params else None)
     log.info("Evaluating %s step %d on %s/%s (%d images), %s canvas, scales %s%s%s.", workdir, run.step,
              config.data.name, split, len(data_source), options.mode, options.scales, ", flip" if flip else "",
              ", dense CRF" if crf_params else "")
@@ -245,28 +317,30 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
         device=timing.device_description(), heads=head_mious(result),
     )
     if crf_params:
-        report["timing"] = crf_timing(crf_params, options.eval_size, len(run.class_names), data_source)
+        report["timing"] = crf_timing(crf_params, options, len(run.class_names), data_source)
     basename = report_basename(split, run.step, options.scales, flip, crf_params is not None, options.mode)
     if refinements:
         basename += "_propagate"
-    paths = list(write_report(report, workdir, basename))
+    paths = list(write_report(report, output_dir, basename))
     if save_predictions_npz and result.predictions is not None:
-        paths.append(os.path.join(workdir, basename + "_predictions.npz"))
+        paths.append(os.path.join(output_dir, basename + "_predictions.npz"))
         save_predictions(result, paths[-1])
     log.info("%s: mIoU %.4f, pixel accuracy %.4f; wrote %s", basename, report["miou"], report["pixel_accuracy"],
              ", ".join(paths))
     return report, paths
 
 
-def crf_timing(params: crf.CRFParams, eval_size: int, num_classes: int, data_source, runs: int = 5) -> dict:
-    """Median seconds per image of the dense CRF on the first image's canvas, and of DifNet's cascade."""
-    batch = next(eval_batches_with_sizes(data_source, batch_size=1, eval_size=eval_size))
-    colours = unnormalize(batch["image"])[0]
-    valid = valid_mask(batch["size"], eval_size, eval_size)[0]
-    probabilities = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (eval_size, eval_size, num_classes)))
+def crf_timing(params: crf.CRFParams, options: EvalOptions, num_classes: int, data_source, runs: int = 5) -> dict:
+    """Median seconds per image of the dense CRF on the first image's canvas (`options.mode`'s), and of DifNet's
+    cascade on the eval_size x eval_size canvas."""
+    batch = next(eval_batches_with_sizes(data_source, batch_size=1, options=options))
+    colours = unnormalize(batch["image"], options.normalization)[0]
+    height, width = colours.shape[:2]
+    valid = valid_mask(batch["size"], height, width)[0]
+    probabilities = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (height, width, num_classes)))
     crf_time = timing.time_function(
         lambda p: crf.dense_crf(p, colours, valid, params=params), probabilities, warmup=1, runs=runs)
-    cascade_time = timing.time_cascade(eval_size, num_classes, runs=runs)
+    cascade_time = timing.time_cascade(options.eval_size, num_classes, runs=runs)
     return {"crf_seconds_per_image": crf_time.median_s, "crf_std_s": crf_time.std_s,
-            "crf_sender_stride": crf.sender_stride(eval_size, eval_size, params.max_senders),
+            "crf_sender_stride": crf.sender_stride(height, width, params.max_senders),
             "diffusion_seconds_per_image": cascade_time.median_s, "diffusion_std_s": cascade_time.std_s}

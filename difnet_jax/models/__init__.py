@@ -1,51 +1,26 @@
-"""Models: atrous ResNets and the segmentation families built on them.
+"""Models: atrous ResNets, the segmentation families built on them, and their math.
 
-`FAMILIES` is the one table from `config.model.name` to a family's entry points
-(`family.Family`: build, loss, backbones, check, defaults, extra predictions). Training,
-evaluation and the config checks read it; nothing else branches on the model's name.
-Adding a family = its model file, one entry here, its variants in
-experiments/configs/variants.py, the README and its tests.
+`families.FAMILIES` is the one table from `config.model.name` to a family's entry points
+(`family.Family`); `from difnet_jax.models import FAMILIES, build_model, DifNet, ...` reads it.
+The names below are loaded on first use, so that the method math (`models.diffusion`,
+`models.affinity`) imports with JAX alone: the accelerator check runs it where ml_collections,
+grain and TFDS are not installed.
 """
 
 from __future__ import annotations
 
-import ml_collections
+import importlib
 
-from difnet_jax.models import deeplabv3plus, difnet, pdn, simdeeplab
-from difnet_jax.models.deeplabv3plus import DeepLabV3Plus
-from difnet_jax.models.difnet import DifNet
-from difnet_jax.models.family import Family, initialised_backbones, segmentation_loss
-from difnet_jax.models.pdn import PDN
-from difnet_jax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50, ResNet101
-from difnet_jax.models.simdeeplab import SimDeepLab
-
-__all__ = ["DeepLabV3Plus", "DifNet", "PDN", "SimDeepLab", "ResNet", "ResNet18", "ResNet34", "ResNet50",
-           "ResNet101", "FAMILIES", "Family", "build_model", "family_of", "pretrained_backbones"]
-
-FAMILIES: dict[str, Family] = {
-    "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
-                     defaults=difnet.defaults),
-    "simdeeplab": Family(build=simdeeplab.build, loss=segmentation_loss, backbones=simdeeplab.backbones,
-                         check=simdeeplab.check, defaults=simdeeplab.defaults),
-    "pdn": Family(build=pdn.build, loss=pdn.loss, backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,
-                  extra_predictions=pdn.extra_predictions),
-    "deeplabv3plus": Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
-                            check=deeplabv3plus.check, defaults=deeplabv3plus.defaults),
+_EXPORTS = {
+    "FAMILIES": "families", "Family": "family", "build_model": "families", "family_of": "families",
+    "pretrained_backbones": "families", "DeepLabV3Plus": "deeplabv3plus", "DifNet": "difnet", "PDN": "pdn",
+    "SimDeepLab": "simdeeplab", "ResNet": "resnet", "ResNet18": "resnet", "ResNet34": "resnet",
+    "ResNet50": "resnet", "ResNet101": "resnet",
 }
+__all__ = sorted(_EXPORTS)
 
 
-def family_of(model: ml_collections.ConfigDict) -> Family:
-    """The table entry of `config.model.name`; ValueError naming the known families otherwise."""
-    if model.name not in FAMILIES:
-        raise ValueError(f"config.model.name must be one of {tuple(FAMILIES)}, got {model.name!r}")
-    return FAMILIES[model.name]
-
-
-def pretrained_backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The backbone modules `model.backbone_init` initialises; () when training from scratch."""
-    return initialised_backbones(model, family_of(model).backbones(model))
-
-
-def build_model(model: ml_collections.ConfigDict, num_classes: int):
-    """The network `config.model` describes (keys: experiments/configs/variants.py and each family's defaults)."""
-    return family_of(model).build(model, num_classes)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Dilated affinity (Wu et al., "Improving Semantic Segmentation via Dilated Affinity"): targets, loss, propagation.
 
 Pure functions; the jnp ones are jit-able, the counting ones take numpy labels (a dataset's
-statistics, `experiments/affinity_stats.py`).
+statistics: `difnet_jax.models.affinity_stats` stores them beside the prepared dataset).
 
 Layout (fixed: used by code outside the project). For rates R = ((r1, r2), ...) an affinity map
 has 8|R| channels; channel `8 * k + n` is rate k, neighbour n, the neighbours in row-major order
@@ -16,14 +16,20 @@ Pixels with invalid neighbours (borders, VOC's void band, crop padding):
   a pixel in a uniform region next to the border or the void band stays n8 instead of passing for
   a boundary pixel (which the neighbor/sqrt weightings would up-weight). A pixel with an ignored
   label or with no valid neighbour at rate r has no category and is not counted.
-- The loss sums the weighted focal loss over the valid pairs only and divides by the number of
-  valid pairs, times 8|R|: exactly Eq. 5's per-pixel sum over rates and neighbours averaged over
-  pixels when every pair is valid, with a missing pair counted as the pixel's average valid one.
+- The loss sums the weighted focal loss over the valid pairs only (a missing pair counts as the
+  pixel's average valid one) and reduces it in one of two ways (`REDUCTIONS`):
+  `mean_over_pairs` (the default) divides by the number of valid pairs; `sum_over_pairs` by the
+  number of valid pairs / 8|R|, i.e. Eq. 5's per-pixel sum over rates and neighbours averaged over
+  pixels. Eq. 5 does not say how pixels are reduced, and beta = 1.2 (Sec. 4.3) belongs to the
+  authors' reduction. The paper's platform is TensorFlow (Sec. 4.1), where `tf.reduce_mean` of the
+  B x H x W x 8|R| loss tensor gives the mean over pairs: 8|R| (= 32 at the best R) times lighter
+  than the sum over pairs at the same beta. `sum_over_pairs` is this project's earlier reading.
 - pi_r (the positive frequency, for the bias init) is positives / valid pairs at rate r.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -39,8 +45,24 @@ from difnet_jax.constants import IGNORE_LABEL
 Rate = tuple[int, int]
 WEIGHTINGS = ("none", "signal", "neighbor", "sqrt")  # the paper's Table 1
 BEST_RATES = (8, (12, 24), 16)  # the paper's best set R on VOC (Table 2), in `expand_rates` notation
-NEEDS_STATS = ("signal", "neighbor", "sqrt")
+NEEDS_STATS = ("signal", "neighbor", "sqrt")  # weightings whose loss reads the statistics (the head's bias always does)
 NUM_CATEGORIES = 9  # n0 .. n8
+REDUCTIONS = ("mean_over_pairs", "sum_over_pairs")  # how the loss reduces its pairs (module docstring)
+# Refinement (Sec. 3.3, 4.3): "lambda is set to 6 according to cross-validation"; g(x) = mu^x / (1 + mu^x) with
+# mu = 7 (Eq. 7); Cityscapes (Sec. 4.4): "10 times iterations in affinity propagation".
+PAPER_LAMBDA = 6.0
+PAPER_MU = 7.0
+PAPER_ITERATIONS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Propagation:
+    """What refining a model's prediction by its own affinity needs (Eq. 6-7): the head's rates and the settings."""
+
+    rates: tuple[tuple[int, int], ...]
+    lam: float = PAPER_LAMBDA
+    mu: float = PAPER_MU
+    iterations: int = PAPER_ITERATIONS
 
 
 def expand_rates(spec) -> tuple[Rate, ...]:
@@ -114,12 +136,12 @@ def ground_truth_affinity(labels: jax.Array, rates: Sequence[Rate], ignore_label
     return affinity_targets(labels, rates, ignore_label)[0]
 
 
-def steep_sigmoid(logits: jax.Array, mu: float = 7.0) -> jax.Array:
+def steep_sigmoid(logits: jax.Array, mu: float = PAPER_MU) -> jax.Array:
     """Eq. 7: g(x) = mu^x / (1 + mu^x) = sigmoid(x log mu); mu = e is the ordinary sigmoid."""
     return jax.nn.sigmoid(jnp.asarray(logits, jnp.float32) * np.log(mu))
 
 
-def propagate(probs: jax.Array, affinity: jax.Array, rates: Sequence[Rate], *, lam: float = 6.0,
+def propagate(probs: jax.Array, affinity: jax.Array, rates: Sequence[Rate], *, lam: float = PAPER_LAMBDA,
               iterations: int = 1) -> jax.Array:
     """Affinity propagation, Eq. 6, applied `iterations` times with the same affinities.
 
@@ -201,18 +223,33 @@ class AffinityStats(NamedTuple):
 
 
 def count_neighbours(labels: np.ndarray, rates: Sequence[Rate], ignore_label: int = IGNORE_LABEL) -> AffinityStats:
-    """Counts of one label map (H, W) or batch (B, H, W), in numpy; add them with `merge_stats`."""
+    """Counts of one label map (H, W) or batch (B, H, W), in numpy; add them with `merge_stats`.
+
+    The same pairs, categories and counts as `affinity_targets` and `neighbour_categories`, one
+    rate at a time and without the (B, H, W, 8|R|) stacks (a dataset's statistics are counted
+    over every train image, `affinity_stats`).
+    """
     labels = np.asarray(labels)
     if labels.ndim == 2:
         labels = labels[None]
+    labels = labels if labels.dtype == np.uint8 and ignore_label <= 255 else labels.astype(np.int32)
     rates = tuple(tuple(int(v) for v in r) for r in rates)
-    targets, valid = _targets(labels, rates, ignore_label, np)
-    k, counted = _categories(targets, valid, len(rates), np)
-    counts = np.stack([np.bincount(k[..., i][counted[..., i]], minlength=NUM_CATEGORIES)
-                       for i in range(len(rates))]).astype(np.int64)
-    per_rate = (len(rates), 8)
-    positives = targets.reshape(-1, *per_rate).sum(axis=(0, 2)).astype(np.int64)
-    pairs = valid.reshape(-1, *per_rate).sum(axis=(0, 2)).astype(np.int64)
+    (ph, pw), (height, width) = (max(r[0] for r in rates), max(r[1] for r in rates)), labels.shape[1:]
+    padded = np.pad(labels, ((0, 0), (ph, ph), (pw, pw)), constant_values=ignore_label)
+    own_valid = labels != ignore_label
+    counts = np.zeros((len(rates), NUM_CATEGORIES), np.int64)
+    positives, pairs = np.zeros(len(rates), np.int64), np.zeros(len(rates), np.int64)
+    for i, rate in enumerate(rates):
+        agree = np.zeros(labels.shape, np.int32)
+        valid = np.zeros(labels.shape, np.int32)
+        for s, t in neighbour_offsets(rate):
+            other = padded[:, ph + s: ph + s + height, pw + t: pw + t + width]
+            pair_valid = own_valid & (other != ignore_label)
+            valid += pair_valid
+            agree += pair_valid & (labels == other)
+        k = (16 * agree + valid) // (2 * np.maximum(valid, 1))  # as `_categories`
+        counts[i] = np.bincount(k[valid > 0], minlength=NUM_CATEGORIES)
+        positives[i], pairs[i] = agree.sum(), valid.sum()
     return AffinityStats(rates, counts, positives, pairs)
 
 
@@ -222,14 +259,15 @@ def merge_stats(a: AffinityStats, b: AffinityStats) -> AffinityStats:
     return AffinityStats(a.rates, a.counts + b.counts, a.positives + b.positives, a.pairs + b.pairs)
 
 
-def _rate_key(rate: Rate) -> str:
+def rate_key(rate: Rate) -> str:
+    """A rate's key in `stats_to_json`'s dict: "r1,r2"."""
     return f"{rate[0]},{rate[1]}"
 
 
 def stats_to_json(stats: AffinityStats) -> dict[str, Any]:
     """{"r1,r2": {"counts": [n0..n8], "freq": [...], "positives", "pairs", "pi"}} per rate."""
     return {
-        _rate_key(rate): {
+        rate_key(rate): {
             "counts": [int(c) for c in stats.counts[i]],
             "freq": [float(f) for f in stats.neighbour_freq[i]],
             "positives": int(stats.positives[i]),
@@ -243,10 +281,10 @@ def stats_to_json(stats: AffinityStats) -> dict[str, Any]:
 def stats_from_json(per_rate: dict[str, Any], rates: Sequence[Rate], path: str = "<stats>") -> AffinityStats:
     """The rows of `rates` from `stats_to_json`'s dict; KeyError naming the missing rates and `path`."""
     rates = tuple(tuple(r) for r in rates)
-    missing = [r for r in rates if _rate_key(r) not in per_rate]
+    missing = [r for r in rates if rate_key(r) not in per_rate]
     if missing:
         raise KeyError(f"{path} has no statistics for rates {missing} (it has {sorted(per_rate)})")
-    rows = [per_rate[_rate_key(r)] for r in rates]
+    rows = [per_rate[rate_key(r)] for r in rates]
     return AffinityStats(rates, np.array([row["counts"] for row in rows], np.int64),
                          np.array([row["positives"] for row in rows], np.int64),
                          np.array([row["pairs"] for row in rows], np.int64))
@@ -260,7 +298,7 @@ def _read_json(path: str, mtime: float) -> dict[str, Any]:
 
 
 def load_stats(path: str, rates: Sequence[Rate]) -> AffinityStats:
-    """The statistics of `rates` from a file written by `python -m experiments.affinity_stats`."""
+    """The statistics of `rates` from a JSON file of `stats_to_json` entries under "rates" (`affinity_stats`)."""
     return stats_from_json(_read_json(path, os.path.getmtime(path))["rates"], rates, path)
 
 
@@ -288,20 +326,24 @@ def signal_weights(stats: AffinityStats) -> np.ndarray:
 
 
 def affinity_loss(affinity_logits: jax.Array, labels: jax.Array, rates: Sequence[Rate], *, weighting: str,
-                  stats: AffinityStats | None, gamma: float = 2.0, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+                  stats: AffinityStats | None, gamma: float = 2.0, reduction: str = "mean_over_pairs",
+                  ignore_label: int = IGNORE_LABEL) -> jax.Array:
     """The affinity loss of Eq. 5 (without beta), a scalar.
 
     affinity_logits (B, H, W, 8|R|) pre-sigmoid, labels (B, H, W). Per pair the focal loss
     (Eq. 4, `gamma`), except `none`: the paper's baseline, plain binary cross-entropy with equal
     weights. Per pixel the weight of its category n_k (`neighbor`, `sqrt`), or per pair the
-    inverse frequency of its signal (`signal`). Reduction: sum over valid pairs / number of
-    valid pairs * 8|R| (module docstring); 0 without a valid pair. `stats` may be None for `none`.
+    inverse frequency of its signal (`signal`). `reduction` (module docstring): the weighted sum
+    over valid pairs divided by their number (`mean_over_pairs`) or by their number / 8|R|
+    (`sum_over_pairs`); 0 without a valid pair. `stats` may be None for `none`.
     """
     rates = tuple(tuple(r) for r in rates)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if weighting in NEEDS_STATS and stats is None:
-        raise ValueError(f"weighting {weighting!r} needs the train set's statistics (experiments.affinity_stats)")
+        raise ValueError(f"weighting {weighting!r} needs the train set's statistics (AffinityStats)")
     if stats is not None and tuple(stats.rates) != rates:
         raise ValueError(f"statistics are for rates {stats.rates}, the loss for {rates}")
     targets, valid = affinity_targets(labels, rates, ignore_label)
@@ -321,4 +363,5 @@ def affinity_loss(affinity_logits: jax.Array, labels: jax.Array, rates: Sequence
         weight = jnp.ones(shape, jnp.float32)
     valid = valid.reshape(shape)
     total = jnp.where(valid, weight * per_pair.reshape(shape), 0.0).sum()
-    return total / jnp.maximum(valid.sum(), 1) * (8 * len(rates))
+    mean = total / jnp.maximum(valid.sum(), 1)
+    return mean if reduction == "mean_over_pairs" else mean * (8 * len(rates))

@@ -115,11 +115,13 @@ class DifNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     frozen_bn_backbones: Sequence[str] = ()
+    resnet_layout: str = "torchvision"  # or "difnet_authors" (resnet.py), both backbones
 
     def setup(self):
         if not self.walks or any(w not in ALL_WALKS for w in self.walks) or len(set(self.walks)) != len(self.walks):
             raise ValueError(f"walks must be distinct values from {ALL_WALKS}, got {tuple(self.walks)}")
-        resnet = functools.partial(ResNet, self.depth, self.width, dtype=self.dtype, bn_momentum=self.bn_momentum)
+        resnet = functools.partial(ResNet, self.depth, self.width, dtype=self.dtype, bn_momentum=self.bn_momentum,
+                                   layout=self.resnet_layout)
         # Submodules are named after these attributes: the parameter tree is the same as ever.
         self.seed_backbone = resnet(frozen_bn="seed_backbone" in self.frozen_bn_backbones)
         if self.use_aspp:
@@ -282,4 +284,5 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> DifNet:
         num_classes, depth=model.depth, width=model.width, use_aspp=own.aspp, aspp_rates=tuple(model.aspp_rates),
         walks=tuple(own.walks), psi_channels=own.psi_channels, diffusion_backend=own.diffusion_backend,
         dtype=COMPUTE_DTYPES[model.dtype], frozen_bn_backbones=family.frozen_bn_backbones(model, backbones(model)),
+        resnet_layout=model.get("resnet_layout", "torchvision"),
     )

@@ -11,11 +11,15 @@ Conventions every family's module keeps:
 - `config.model` holds the keys every family shares (name, depth, width, dtype, aspp_rates
   and the pretrained-backbone keys); a family's own keys live in `config.model.<name>`
   (e.g. `config.model.difnet.walks`), with defaults from `Family.defaults()`.
+- A family reads its keys in one place, a `settings(config.model)` function decorated with
+  `cached_settings` that returns a frozen dataclass; its check, build and loss use that.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +28,8 @@ import jax
 import ml_collections
 
 from difnet_jax import losses
+from difnet_jax.constants import OUTPUT_STRIDE
+from difnet_jax.models import affinity
 
 Outputs = tuple[jax.Array, Mapping[str, Any]]  # (logits, intermediates)
 
@@ -43,6 +49,12 @@ class Family:
     defaults: () -> the family's own sub-dict `config.model.<name>` with its defaults.
     extra_predictions: intermediates -> {head: logits (B, h, w, K)}: named predictions
         evaluated beside the final output (PDN's diffusion layers); {} for most families.
+    train_output_stride: config.model -> the stride of the network's coarsest grid in training;
+        `check_config` asks for crops of `stride * k + 1` pixels, whose grid's corners fall on
+        the crop's corners (DifNet, Sim-DeepLab, PDN: 8; DeepLabv3+: its `output_stride`, 16).
+    propagation: config.model -> `affinity.Propagation` (the rates of the model's affinity head
+        and the refinement's settings) or None when the model predicts no affinity; evaluation
+        asks this before offering affinity propagation (Dilated Affinity, Eq. 6-7).
     """
 
     build: Callable[[ml_collections.ConfigDict, int], nn.Module]
@@ -52,6 +64,26 @@ class Family:
     check: Callable[[ml_collections.ConfigDict], None]
     defaults: Callable[[], ml_collections.ConfigDict]
     extra_predictions: Callable[[Mapping[str, Any]], dict[str, jax.Array]] = lambda intermediates: {}
+    train_output_stride: Callable[[ml_collections.ConfigDict], int] = lambda model: OUTPUT_STRIDE
+    propagation: Callable[[ml_collections.ConfigDict], affinity.Propagation | None] = lambda model: None
+
+
+def cached_settings(derive: Callable[[ml_collections.ConfigDict], Any]) -> Callable[[ml_collections.ConfigDict], Any]:
+    """`derive(config.model)` computed once per distinct config value (memoised on the config's JSON).
+
+    Lists stand where the config had tuples in what `derive` reads (it is handed the config
+    rebuilt from JSON, as a saved config.json is), so `derive` converts what it keeps.
+    """
+
+    @functools.lru_cache(maxsize=64)
+    def from_json(text: str):
+        return derive(ml_collections.ConfigDict(json.loads(text)))
+
+    @functools.wraps(derive)
+    def settings(model: ml_collections.ConfigDict):
+        return from_json(model.to_json_best_effort(sort_keys=True))
+
+    return settings
 
 
 def initialised_backbones(model: ml_collections.ConfigDict, backbones: tuple[str, ...]) -> tuple[str, ...]:

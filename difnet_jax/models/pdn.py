@@ -11,8 +11,9 @@ LSTMs or layers (Sec. 4.2). Per LSTM: 4 gates x (1 + 8 + ... + 8E) x d weights =
 or 100d (24NB) plus 4d biases, so a 4-layer module has 288d + 32d or 1200d + 48d
 parameters (Table 1 counts the weights: 307K at d = 256 for 24NB).
 
-PDN puts the module between layer4's second and third blocks (the paper's res5b / res5c),
-with 1x1 reductions to d and back and a residual connection ("1M"). A 1x1 classifier on
+PDN puts the module between layer4's last two blocks (the paper's res5b / res5c of ResNet-101;
+ResNet-18's layer4 has two blocks, so there it follows the first), with 1x1 reductions to d and
+back and a residual connection ("1M"). A 1x1 classifier on
 every layer's depth map gives an intermediate prediction with its own cross-entropy
 (intermediate supervision, Sec. 3; Table 2 reads these predictions). The final prediction
 is Sim-DeepLab's ASPP head on layer4 (DeepLab-v2, the paper's baseline), upsampled.
@@ -20,6 +21,7 @@ is Sim-DeepLab's ASPP head on layer4 (DeepLab-v2, the paper's baseline), upsampl
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -215,17 +217,22 @@ class DiffusionBlock(nn.Module):
 def module_sites(depth: int, num_modules: int) -> tuple[str, ...]:
     """The ResNet blocks after which the diffusion modules sit, in the order they run.
 
-    1M: after layer4_1 (res5b, between 5b and 5c as in the paper). 2M: also after layer3's
-    last block (res4b22 of ResNet-101). The paper does not say where its second module goes
-    ("inserted into different part" of ResNet-101); the end of layer3 is the other stage of
-    the stride-8 atrous trunk, so the second module diffuses the mid-level features that all
-    of layer4 builds on, rather than repeating the first one two blocks away.
+    1M: after layer4's second-to-last block, i.e. between its last two blocks at every depth: the
+    paper's "middle position between ResNet101 5b layer and 5c layer" (Sec. 5.1), `layer4_1` at
+    depths 34, 50 and 101 (three blocks), `layer4_0` at depth 18 (two blocks), so that one residual
+    block always follows the module before the ASPP head. 2M: also after layer3's last block
+    (res4b22 of ResNet-101). The paper does not say where its second module goes (the modules are
+    "inserted into different part" of ResNet-101, "at different depths of the network", Sec. 5);
+    the end of layer3 is the other stage of the stride-8 atrous trunk, so the second module
+    diffuses the mid-level features that all of layer4 builds on, rather than repeating the first
+    one a block away.
     """
     if num_modules not in (1, 2):
         raise ValueError(f"num_modules must be 1 or 2, got {num_modules}")
-    sites = ("layer4_1",)
+    layer3_blocks, layer4_blocks = STAGE_SIZES[depth][2:]
+    sites = (f"layer4_{layer4_blocks - 2}",)
     if num_modules == 2:
-        sites = (f"layer3_{STAGE_SIZES[depth][2] - 1}",) + sites
+        sites = (f"layer3_{layer3_blocks - 1}",) + sites
     return sites
 
 
@@ -235,7 +242,8 @@ class PDN(nn.Module):
     intermediates: 'score_map' (B, h, w, K) the ASPP scores on the feature grid, and
     'layer_logits' the tuple of every diffusion layer's class scores (B, h, w, K) float32,
     all modules' layers in the order they run (2M: layer3's module first). Each module's
-    parameters are `diffusion_<block>` (e.g. `diffusion_layer4_1`) beside `backbone` and `aspp`.
+    parameters are `diffusion_<block>` (`module_sites`: e.g. `diffusion_layer4_1`, or
+    `diffusion_layer4_0` at depth 18) beside `backbone` and `aspp`.
     """
 
     backbones = ("backbone",)
@@ -249,6 +257,7 @@ class PDN(nn.Module):
     aspp_rates: Sequence[int] = (6, 12, 18, 24)
     dtype: Any = jnp.float32
     frozen_bn: bool = False  # the backbone's BatchNorm uses and keeps its running statistics
+    resnet_layout: str = "torchvision"  # or "difnet_authors" (resnet.py)
     num_layers: int = 4
     init_std: float = 0.01
     impl: str = "patches"  # DiffusedLSTMLayer's implementation of the ring gates
@@ -270,7 +279,7 @@ class PDN(nn.Module):
             for site in module_sites(self.depth, self.num_modules)
         }
         features = ResNet(self.depth, self.width, dtype=self.dtype, frozen_bn=self.frozen_bn,
-                          after_block=after_block, name="backbone")(images, train=train)
+                          layout=self.resnet_layout, after_block=after_block, name="backbone")(images, train=train)
         score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
         logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
         return logits, {"score_map": score_map, "layer_logits": tuple(layer_logits)}
@@ -292,8 +301,27 @@ def defaults() -> ml_collections.ConfigDict:
     return config
 
 
-def check(model: ml_collections.ConfigDict) -> None:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """PDN's own keys as check, build and loss read them (`settings`)."""
+
+    neighbors: int
+    modules: int
+    d: int
+    layer_loss_weight: float
+    impl: str
+
+
+@family.cached_settings
+def settings(model: ml_collections.ConfigDict) -> Settings:
+    """config.model.pdn, read once; `impl` defaults to "patches" for configs saved before the key."""
     own = model.pdn
+    return Settings(neighbors=own.neighbors, modules=own.modules, d=own.d, layer_loss_weight=own.layer_loss_weight,
+                    impl=own.get("impl", "patches"))
+
+
+def check(model: ml_collections.ConfigDict) -> None:
+    own = settings(model)
     try:
         valid_neighbors = positive_int(own.neighbors) and rings_of(own.neighbors) >= 1
     except ValueError:
@@ -304,7 +332,7 @@ def check(model: ml_collections.ConfigDict) -> None:
     weight = own.layer_loss_weight
     require(isinstance(weight, numbers.Real) and not isinstance(weight, bool) and np.isfinite(weight) and weight >= 0,
             "model.pdn.layer_loss_weight", weight, "a finite number >= 0")
-    require(own.get("impl", "patches") in IMPLS, "model.pdn.impl", own.get("impl"), f"one of {IMPLS}")
+    require(own.impl in IMPLS, "model.pdn.impl", own.impl, f"one of {IMPLS}")
 
 
 def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -313,12 +341,12 @@ def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def build(model: ml_collections.ConfigDict, num_classes: int) -> PDN:
-    own = model.pdn
+    own = settings(model)
     return PDN(
         num_classes, depth=model.depth, width=model.width, neighbors=own.neighbors, num_modules=own.modules,
-        d=own.d, aspp_rates=tuple(model.aspp_rates), dtype=COMPUTE_DTYPES[model.dtype],
-        impl=own.get("impl", "patches"),
+        d=own.d, aspp_rates=tuple(model.aspp_rates), dtype=COMPUTE_DTYPES[model.dtype], impl=own.impl,
         frozen_bn=bool(family.frozen_bn_backbones(model, PDN.backbones)),
+        resnet_layout=model.get("resnet_layout", "torchvision"),
     )
 
 
@@ -338,7 +366,7 @@ def loss(outputs: family.Outputs, batch: Mapping[str, jax.Array],
         upsampled = resize_bilinear(layer.astype(jnp.float32), labels.shape[1:3])
         terms[f"layer{t}_ce"] = losses.cross_entropy(upsampled, labels)
     layer_terms = [v for k, v in terms.items() if k != "ce"]
-    total = terms["ce"] + model.pdn.layer_loss_weight * sum(layer_terms, jnp.zeros((), jnp.float32))
+    total = terms["ce"] + settings(model).layer_loss_weight * sum(layer_terms, jnp.zeros((), jnp.float32))
     return total, terms
 
 

@@ -7,18 +7,30 @@ by 2. The same parameters serve both strides, so a network trained at 16 evaluat
 Paddings follow torchvision exactly (conv1 pad 3, max-pool pad 1, 3x3 pad =
 dilation), so torchvision weights map one-to-one and the parameter counts equal
 torchvision's ResNets without the fc layer.
+
+Two layouts (`ResNet.layout`, config.model.resnet_layout), with the same parameters:
+- "torchvision": torchvision's ResNet (v1.5) made atrous: both 3x3 convs of a BasicBlock
+  dilated, a Bottleneck's stride on its 3x3 conv, the stem max-pool rounding down.
+- "difnet_authors": the DifNet authors' network (github sdujump/DifNet, model_difnet.py), the
+  one the paper's from-scratch numbers come from: a BasicBlock dilates only its second 3x3
+  conv (`conv3x3(inplanes, planes, stride)` then `conv3x3(planes, planes, dilation=...)`), a
+  Bottleneck strides on its first 1x1 conv (Caffe's layout, marked `# change` there) and the
+  stem max-pool rounds up (`ceil_mode=True`, also `# change`). The max-pool differs only where
+  the stem's output side is even: an 8k + 1 input gives the same grids in both layouts, a 128
+  input a 17x17 layer4 grid in the authors' and 16x16 in torchvision's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+LAYOUTS = ("torchvision", "difnet_authors")
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK_DEPTHS = (50, 101)
 # (stride, dilation) of layer1..layer4 at each output stride.
@@ -38,7 +50,8 @@ def _conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, dty
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut; `layout` "difnet_authors"
+    dilates only the second (module docstring)."""
 
     features: int
     stride: int = 1
@@ -46,12 +59,14 @@ class BasicBlock(nn.Module):
     project: bool = False
     norm: Any = nn.BatchNorm
     dtype: Any = jnp.float32
+    layout: str = "torchvision"
     expansion = 1
 
     @nn.compact
     def __call__(self, x):
         conv = functools.partial(_conv, dtype=self.dtype)
-        y = conv(self.features, 3, stride=self.stride, dilation=self.dilation, name="conv1")(x)
+        first_dilation = self.dilation if self.layout == "torchvision" else 1
+        y = conv(self.features, 3, stride=self.stride, dilation=first_dilation, name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = conv(self.features, 3, dilation=self.dilation, name="conv2")(y)
         y = self.norm(name="bn2")(y)
@@ -62,7 +77,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided, dilated), 1x1 expand by 4; torchvision v1.5."""
+    """1x1 reduce, 3x3 (dilated), 1x1 expand by 4; the stride on the 3x3 (torchvision v1.5) or, in
+    `layout` "difnet_authors", on the first 1x1 (Caffe's ResNet; module docstring)."""
 
     features: int
     stride: int = 1
@@ -70,13 +86,15 @@ class Bottleneck(nn.Module):
     project: bool = False
     norm: Any = nn.BatchNorm
     dtype: Any = jnp.float32
+    layout: str = "torchvision"
     expansion = 4
 
     @nn.compact
     def __call__(self, x):
         conv = functools.partial(_conv, dtype=self.dtype)
-        y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, name="conv1")(x)))
-        y = conv(self.features, 3, stride=self.stride, dilation=self.dilation, name="conv2")(y)
+        reduce_stride, conv_stride = (1, self.stride) if self.layout == "torchvision" else (self.stride, 1)
+        y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, stride=reduce_stride, name="conv1")(x)))
+        y = conv(self.features, 3, stride=conv_stride, dilation=self.dilation, name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
         y = conv(self.features * 4, 1, name="conv3")(y)
         y = self.norm(name="bn3")(y)
@@ -84,6 +102,16 @@ class Bottleneck(nn.Module):
             x = conv(self.features * 4, 1, stride=self.stride, name="downsample_conv")(x)
             x = self.norm(name="downsample_bn")(x)
         return nn.relu(x + y)
+
+
+def _stem_max_pool(x, ceil_mode: bool):
+    """3x3 max-pool, stride 2, pad 1 (PyTorch's MaxPool2d(3, 2, 1)); `ceil_mode` rounds the output size up.
+
+    With ceil_mode an even side 2m gives m + 1 windows instead of m: the last window starts on the
+    last pixel and reaches one beyond the padding (-inf there, as PyTorch's ceil_mode=True).
+    """
+    padding = [(1, 1 + (ceil_mode and size % 2 == 0)) for size in x.shape[1:3]]
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
 
 
 class ResNet(nn.Module):
@@ -98,6 +126,14 @@ class ResNet(nn.Module):
     "5b") to a callable `(features, *, train) -> features` applied right after that
     block: the seam through which PDN inserts its diffusion module into the backbone.
     A module passed here belongs to the module that built it (its parameters live there).
+
+    `layout` is "torchvision" or "difnet_authors" (module docstring): the same parameters,
+    a different network.
+
+    `multi_grid` (DeepLabv3's multi-grid, Chen et al. 2017 Sec. 3.2): one unit rate per layer4
+    block; block i dilates its 3x3 convolutions by the stage's dilation times `multi_grid[i]`
+    (the DeepLabv3+ reference's block4: `rate * unit_rate`). () = 1 for every block. Only
+    dilations change, not parameters.
     """
 
     depth: int
@@ -106,7 +142,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     frozen_bn: bool = False
     output_stride: int = 8
+    layout: str = "torchvision"
     after_block: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    multi_grid: Sequence[int] = ()
 
     @nn.compact
     def __call__(self, x, *, train: bool) -> dict[str, jnp.ndarray]:
@@ -115,10 +153,16 @@ class ResNet(nn.Module):
         if self.output_stride not in STAGE_STRIDE_DILATION:
             raise ValueError(f"ResNet output_stride must be one of {sorted(STAGE_STRIDE_DILATION)}, "
                              f"got {self.output_stride}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"ResNet layout must be one of {LAYOUTS}, got {self.layout!r}")
         unknown = set(self.after_block) - {
             f"layer{stage + 1}_{i}" for stage, n in enumerate(STAGE_SIZES[self.depth]) for i in range(n)}
         if unknown:
             raise ValueError(f"after_block names blocks ResNet-{self.depth} does not have: {sorted(unknown)}")
+        unit_rates = tuple(self.multi_grid) or (1,) * STAGE_SIZES[self.depth][3]
+        if len(unit_rates) != STAGE_SIZES[self.depth][3]:
+            raise ValueError(f"multi_grid {tuple(self.multi_grid)} needs one rate per block of ResNet-{self.depth}'s "
+                             f"layer4 ({STAGE_SIZES[self.depth][3]})")
         block = Bottleneck if self.depth in BOTTLENECK_DEPTHS else BasicBlock
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
@@ -129,7 +173,7 @@ class ResNet(nn.Module):
         x = _conv(self.width, 7, stride=2, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x))
         features["stem"] = x
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = _stem_max_pool(x, ceil_mode=self.layout == "difnet_authors")
         in_channels = self.width
         for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
             stride, dilation = STAGE_STRIDE_DILATION[self.output_stride][stage]
@@ -139,10 +183,11 @@ class ResNet(nn.Module):
                 x = block(
                     channels,
                     stride=stride if first else 1,
-                    dilation=dilation,
+                    dilation=dilation * (unit_rates[i] if stage == 3 else 1),
                     project=first and (stride != 1 or in_channels != channels * block.expansion),
                     norm=norm,
                     dtype=self.dtype,
+                    layout=self.layout,
                     name=f"layer{stage + 1}_{i}",
                 )(x)
                 if f"layer{stage + 1}_{i}" in self.after_block:

@@ -29,10 +29,12 @@ class SimDeepLab(nn.Module):
     aspp_rates: Sequence[int] = (6, 12, 18, 24)
     dtype: Any = jnp.float32
     frozen_bn: bool = False  # the backbone's BatchNorm uses and keeps its running statistics
+    resnet_layout: str = "torchvision"  # or "difnet_authors" (resnet.py)
 
     @nn.compact
     def __call__(self, images, *, train: bool):
-        backbone = ResNet(self.depth, self.width, dtype=self.dtype, frozen_bn=self.frozen_bn, name="backbone")
+        backbone = ResNet(self.depth, self.width, dtype=self.dtype, frozen_bn=self.frozen_bn,
+                          layout=self.resnet_layout, name="backbone")
         features = backbone(images, train=train)
         score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
         logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
@@ -59,4 +61,5 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> SimDeepLab:
     return SimDeepLab(
         num_classes, depth=model.depth, width=model.width, aspp_rates=tuple(model.aspp_rates),
         dtype=COMPUTE_DTYPES[model.dtype], frozen_bn=bool(family.frozen_bn_backbones(model, SimDeepLab.backbones)),
+        resnet_layout=model.get("resnet_layout", "torchvision"),
     )

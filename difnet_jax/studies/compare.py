@@ -8,6 +8,13 @@ value of each metric column in bold), OUT/curves.png (training loss and validati
 against step and against wall time, one line per run) and OUT/examples.png (the same
 validation images, those TensorBoard shows, predicted by every run).
 
+Seeds: runs whose config.json are equal but for `train.seed` form a group; compare.md's "Seed groups"
+table gives each group's n, seeds, and final validation mIoU and pixel accuracy as mean ± std over
+its runs (the sample standard deviation, n - 1), and every pair of groups their difference in mean
+final mIoU against the larger of the two spreads: "within noise" when it is no larger, "outside the
+spread" when it is, "spread unknown" when a group has a single run. OUT/seed_groups.json holds the
+same numbers. The groups need no checkpoint (config.json and metrics.jsonl only).
+
 Everything comes from each workdir's config.json, metrics.jsonl (the last record of a step
 counts when a resumed run logged it twice) and latest checkpoint (`difnet_jax.load`). Train
 images/s is the median over the logged intervals of steps/s times the global batch; wall
@@ -20,6 +27,8 @@ named and skipped; runs of different datasets or evaluation splits are refused (
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 import math
 import os
@@ -173,13 +182,115 @@ def comparison_table(runs: Sequence[RunRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(runs: Sequence[RunRecord], skipped: Sequence[str]) -> str:
+def config_without_seed(config) -> str:
+    """The config as canonical JSON with `train.seed` removed: equal for runs that differ only in seed."""
+    document = json.loads(config.to_json_best_effort())
+    document.get("train", {}).pop("seed", None)
+    return json.dumps(document, sort_keys=True)
+
+
+@dataclasses.dataclass
+class SeedGroup:
+    """Runs whose configs differ only in `train.seed`."""
+
+    name: str  # G1, G2, ... in order of first appearance
+    runs: list[RunRecord]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.config.train.seed for run in self.runs]
+
+    def values(self, key: str = "val/miou") -> np.ndarray:
+        """The final evaluation's `key` of each run."""
+        return np.array([run.evals[-1][key] for run in self.runs], np.float64)
+
+    def mean_std(self, key: str = "val/miou") -> tuple[float, float | None]:
+        """(mean, sample standard deviation (ddof 1), None for a single run) of the final `key`."""
+        values = self.values(key)
+        return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else None)
+
+
+def seed_groups(runs: Sequence[RunRecord]) -> list[SeedGroup]:
+    """The runs grouped by `config_without_seed`, groups and runs in the order given."""
+    by_config: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_config.setdefault(config_without_seed(run.config), []).append(run)
+    return [SeedGroup(f"G{i}", members) for i, members in enumerate(by_config.values(), start=1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """mean(a) - mean(b) of a metric, against the larger of the two groups' standard deviations."""
+
+    delta: float
+    spread: float | None  # None: a group has one run, its spread is unknown
+
+    @property
+    def verdict(self) -> str:
+        if self.spread is None:
+            return "spread unknown (n = 1)"
+        return "within noise" if abs(self.delta) <= self.spread else "outside the spread"
+
+
+def difference(a: SeedGroup, b: SeedGroup, key: str = "val/miou") -> Difference:
+    (mean_a, std_a), (mean_b, std_b) = a.mean_std(key), b.mean_std(key)
+    spread = None if std_a is None or std_b is None else max(std_a, std_b)
+    return Difference(mean_a - mean_b, spread)
+
+
+def _mean_std_text(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.2f} ± {'n/a' if std is None else f'{100 * std:.2f}'}"
+
+
+def seed_groups_markdown(groups: Sequence[SeedGroup]) -> str:
+    """The "Seed groups" table and the difference of every pair of groups."""
+    lines = ["| group | config arg | n | seeds | runs | final mIoU (%) mean ± std | pixel accuracy (%) mean ± std |",
+             "| --- | --- | ---: | --- | --- | ---: | ---: |"]
+    for group in groups:
+        repeated = " (repeated)" if len(set(group.seeds)) < group.n else ""
+        lines.append(f"| {group.name} | {group.runs[0].config.get('arg', '')} | {group.n} | "
+                     f"{', '.join(map(str, group.seeds))}{repeated} | {', '.join(run.label for run in group.runs)} | "
+                     f"{_mean_std_text(*group.mean_std())} | {_mean_std_text(*group.mean_std('val/pixel_accuracy'))} |")
+    lines.append("")
+    for a, b in itertools.combinations(groups, 2):
+        d = difference(a, b)
+        spread = "n/a" if d.spread is None else f"{100 * d.spread:.2f}"
+        lines.append(f"- {a.name} - {b.name}: {100 * d.delta:+.2f} mIoU points (spread {spread}): {d.verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def seed_groups_json(groups: Sequence[SeedGroup]) -> dict[str, Any]:
+    """seed_groups.json: each group's runs, seeds and final metrics' mean/std/n, and the pairwise differences."""
+    def summary(group, key):
+        mean, std = group.mean_std(key)
+        return {"mean": mean, "std": std, "n": group.n, "values": group.values(key).tolist()}
+
+    return {
+        "groups": [{"name": g.name, "arg": g.runs[0].config.get("arg", ""), "seeds": g.seeds,
+                    "workdirs": [run.workdir for run in g.runs], "val/miou": summary(g, "val/miou"),
+                    "val/pixel_accuracy": summary(g, "val/pixel_accuracy")} for g in groups],
+        "differences": [{"a": a.name, "b": b.name, "delta": (d := difference(a, b)).delta, "spread": d.spread,
+                         "verdict": d.verdict} for a, b in itertools.combinations(groups, 2)],
+    }
+
+
+def comparison_markdown(runs: Sequence[RunRecord], skipped: Sequence[str],
+                        groups: Sequence[SeedGroup] = ()) -> str:
     lines = [f"# Comparison of {len(runs)} run(s) on {runs[0].dataset}", "",
              "Final: the last evaluation (at the last step); best: the highest validation mIoU of any evaluation. "
              "Train images/s: median over the logged intervals of steps/s x global batch. "
              "Bold: the best value of a metric column.", "",
              comparison_table(runs), "", "![training curves](curves.png)", "",
              "![validation examples](examples.png)", ""]
+    if groups:
+        lines += ["## Seed groups", "",
+                  "Runs whose config.json differ only in train.seed; mean ± sample std (n - 1) of the final "
+                  "evaluation. A difference no larger than the larger spread of its two groups is within noise.", "",
+                  seed_groups_markdown(groups), ""]
     if skipped:
         lines += ["Skipped:", ""] + [f"- {reason}" for reason in skipped] + [""]
     return "\n".join(lines)
@@ -251,6 +362,7 @@ def compare(workdirs: Sequence[str], out: str, *, num_images: int = NUM_PICTURES
     if not runs:
         raise ValueError("no run to compare: " + "; ".join(skipped))
     check_same_dataset(runs)
+    groups = seed_groups(runs)  # before any data_dir override: the configs as they ran
     for run, label in zip(runs, run_labels([run.workdir for run in runs])):
         run.label = label
         if data_dir is not None:
@@ -279,8 +391,12 @@ def compare(workdirs: Sequence[str], out: str, *, num_images: int = NUM_PICTURES
     os.makedirs(out, exist_ok=True)
     md_path = os.path.join(out, "compare.md")
     with open(md_path, "w") as f:
-        f.write(comparison_markdown(runs, skipped))
+        f.write(comparison_markdown(runs, skipped, groups))
     paths = [md_path, plot_curves(runs, os.path.join(out, "curves.png")),
              plot_examples(images, labels, predictions, os.path.join(out, "examples.png"))]
+    groups_path = os.path.join(out, "seed_groups.json")
+    with open(groups_path, "w") as f:
+        json.dump(seed_groups_json(groups), f, indent=1)
+    paths.append(groups_path)
     log.info("Compared %d run(s); wrote %s", len(runs), ", ".join(paths))
-    return {"runs": runs, "skipped": skipped, "paths": paths}
+    return {"runs": runs, "skipped": skipped, "paths": paths, "groups": groups}

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from difnet_jax import timing, visualize
 from difnet_jax.constants import OUTPUT_STRIDE
-from difnet_jax.data import pipeline
+from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation import crf
 from difnet_jax.models import DifNet, SimDeepLab, diffusion
 
@@ -165,7 +165,7 @@ def time_branches(model: DifNet, variables: dict[str, Any], *, size: int = 505, 
     whole_fn = functools.partial(timing.forward, model)
     seed, psis = seed_fn(variables, images), similarity_fn(variables, images)
     simdeeplab = SimDeepLab(model.num_classes, depth=model.depth, width=model.width, aspp_rates=model.aspp_rates,
-                            dtype=model.dtype)
+                            dtype=model.dtype, resnet_layout=model.resnet_layout)
     sim_variables = timing.random_variables(simdeeplab, images)
     simdeeplab_fn = functools.partial(timing.forward, simdeeplab)
     name = f"DifNet-{model.depth}"
@@ -207,6 +207,7 @@ def timing_markdown(rows: Sequence[dict[str, Any]], device: str, size: int) -> s
 def study_images(config, split: str | None, num_images: int):
     """The first `num_images` of the split padded to the eval canvas: (raw uint8, normalised, labels, sizes)."""
     eval_size = config.data.eval_size
+    norm = normalization.of_config(config.data)
     data_source = pipeline.source(config.data.name, split or config.data.eval_split, config.data.data_dir)
     raw, canvases, labels, sizes = [], [], [], []
     for index in range(min(num_images, len(data_source))):
@@ -215,10 +216,10 @@ def study_images(config, split: str | None, num_images: int):
         if max(image.shape[:2]) > eval_size:
             raise ValueError(f"image {index} of the split is {image.shape[:2]}, larger than eval_size={eval_size}")
         sizes.append(image.shape[:2])
-        image, label = pipeline.pad_to(image, label, eval_size, eval_size)
+        image, label = pipeline.pad_to(image, label, eval_size, eval_size, norm)
         raw.append(image)
         labels.append(label)
-        canvases.append(pipeline.normalize(image))
+        canvases.append(pipeline.normalize(image, norm))
     return raw, canvases, labels, sizes
 
 

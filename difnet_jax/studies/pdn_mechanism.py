@@ -44,7 +44,8 @@ def receptive_field_maps(model: PDN, variables: dict[str, Any], canvas: np.ndarr
     models = {
         f"trained PDN-{model.depth} {model.neighbors}NB": (model, variables),
         "ResNet + ASPP, no module (random)": SimDeepLab(model.num_classes, depth=model.depth, width=model.width,
-                                                         aspp_rates=model.aspp_rates, dtype=model.dtype),
+                                                         aspp_rates=model.aspp_rates, dtype=model.dtype,
+                                                         resnet_layout=model.resnet_layout),
         "8NB module (random)": model.clone(neighbors=8, num_modules=1),
         "24NB module (random)": model.clone(neighbors=24, num_modules=1),
     }

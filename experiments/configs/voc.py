@@ -3,7 +3,9 @@
 `--config=experiments/configs/voc.py:VARIANT[,synthetic][,imagenet]`, VARIANT any model of
 experiments/configs/variants.py (difnet18 ... difnet101, difnet50_noaspp, difnet50_no24,
 simdeeplab18 ... simdeeplab101, ...). DifNet's protocol (Sec. 5.1): crop 321, evaluation padded
-to 505x505, 200 epochs from scratch; 30 epochs under `imagenet`. See common.py for the modifiers.
+to 505x505, 200 epochs from scratch; 30 epochs under `imagenet`, except DeepLabv3+ (and Dilated
+Affinity) under `imagenet`: 30K steps at crop 513, evaluated on a 513 canvas. See common.py for
+the modifiers.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ from experiments.configs.variants import DEPTHS, VARIANTS  # noqa: F401
 VOC_TRAIN_IMAGES = 10_582
 DATASET = common.Dataset(
     name="voc_aug", train_images=VOC_TRAIN_IMAGES,
-    # Dilated Affinity (Sec. 4.1): DeepLabv3+ fine-tunes 30K steps at crop 513, batch 16.
-    imagenet_overrides={"deeplabv3plus": {"train.num_steps": 30_000, "data.crop_size": 513}},
+    imagenet_overrides={"deeplabv3plus": {
+        # Dilated Affinity (Sec. 4.1): "For PASCAL VOC 2012, we train the model for 30K iterations with the crop
+        # size of 513 and the batch size of 16" (batch 16: the Dataset's).
+        "train.num_steps": 30_000, "data.crop_size": 513,
+        # Evaluation canvas 513x513: the DeepLabv3+ reference's eval.py eval_crop_size (513, 513); 8k+1 at the
+        # evaluation's output stride 8.
+        "data.eval_size": 513,
+    }},
 )
 
 

@@ -1,0 +1,44 @@
+"""The family table: `FAMILIES`, from `config.model.name` to a family's entry points.
+
+`family.Family` holds build, loss, backbones, check, defaults, extra predictions, the training
+output stride and affinity propagation. Training, evaluation and the config checks read it;
+nothing else branches on the model's name. Adding a family = its model file, one entry here,
+its variants in experiments/configs/variants.py, the README and its tests.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from difnet_jax.models import deeplabv3plus, difnet, pdn, simdeeplab
+from difnet_jax.models.family import Family, initialised_backbones, segmentation_loss
+
+FAMILIES: dict[str, Family] = {
+    "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
+                     defaults=difnet.defaults),
+    "simdeeplab": Family(build=simdeeplab.build, loss=segmentation_loss, backbones=simdeeplab.backbones,
+                         check=simdeeplab.check, defaults=simdeeplab.defaults),
+    "pdn": Family(build=pdn.build, loss=pdn.loss, backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,
+                  extra_predictions=pdn.extra_predictions),
+    "deeplabv3plus": Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
+                            check=deeplabv3plus.check, defaults=deeplabv3plus.defaults,
+                            train_output_stride=deeplabv3plus.train_output_stride,
+                            propagation=deeplabv3plus.propagation),
+}
+
+
+def family_of(model: ml_collections.ConfigDict) -> Family:
+    """The table entry of `config.model.name`; ValueError naming the known families otherwise."""
+    if model.name not in FAMILIES:
+        raise ValueError(f"config.model.name must be one of {tuple(FAMILIES)}, got {model.name!r}")
+    return FAMILIES[model.name]
+
+
+def pretrained_backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The backbone modules `model.backbone_init` initialises; () when training from scratch."""
+    return initialised_backbones(model, family_of(model).backbones(model))
+
+
+def build_model(model: ml_collections.ConfigDict, num_classes: int):
+    """The network `config.model` describes (keys: experiments/configs/variants.py and each family's defaults)."""
+    return family_of(model).build(model, num_classes)
