@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -67,3 +68,23 @@ class SegmentationBuilder(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder,
             metadata=tfds.core.MetadataDict(class_names=self.class_names),
             homepage=self.HOMEPAGE,
         )
+
+
+class GeneratedSplits:
+    """Mixed into the procedurally generated builders (synthetic_shapes, synthetic_classes): nothing to download;
+    `builder_config.num_train` train and `num_validation` validation examples, `self._example(split, index)` each,
+    keyed '<split>_<index>'."""
+
+    def _example(self, split: str, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Nothing to download.
+        config = self.builder_config
+        return {"train": self._generate_examples("train", config.num_train),
+                "validation": self._generate_examples("validation", config.num_validation)}
+
+    def _generate_examples(self, split: str, count: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        for index in range(count):
+            key = f"{split}_{index:06d}"
+            yield key, {**self._example(split, index), "id": key}

@@ -79,23 +79,28 @@ def void_band(label: np.ndarray) -> np.ndarray:
     return np.where(boundary, IGNORE_LABEL, label).astype(np.uint8)
 
 
-def render_scene(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (image uint8 (size, size, 3), label uint8 (size, size)) of one scene."""
-    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
-    # Background: a low-saturation colour under a patchwork of shaded tiles.
+def _background(rng: np.random.Generator, size: int, scene_size: int) -> np.ndarray:
+    """(size, size, 3) floats in [0, 1]: a low-saturation colour under a patchwork of shaded tiles, and 0-2
+    distractors (elongated ellipses in object materials, background by label) sized as in a `scene_size` scene."""
     base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.45), rng.uniform(0.3, 0.85)))
     coarse = rng.normal(0.0, 0.12, (4, 4, 3))
     shading = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
     image = np.clip(base + shading, 0, 1)
-    label = np.zeros((size, size), dtype=np.uint8)
-    # Distractors: elongated ellipses in object materials, labelled background.
     for _ in range(rng.integers(0, 3)):
         centre = rng.uniform(0.1 * size, 0.9 * size, 2)
         u, v = _rotated_grid(rng, size, centre)
-        axis = rng.uniform(0.06, 0.16) * size
+        axis = rng.uniform(0.06, 0.16) * scene_size
         mask = (u / axis) ** 2 + (v / (axis * rng.uniform(0.25, 0.45))) ** 2 <= 1.0
         material = MATERIALS[rng.integers(len(MATERIALS))]
         image[mask] = _material_pixels(rng, material, u, v)[mask]
+    return image
+
+
+def render_scene(seed: int, split: str, index: int, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (image uint8 (size, size, 3), label uint8 (size, size)) of one scene."""
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
+    image = _background(rng, size, size)
+    label = np.zeros((size, size), dtype=np.uint8)
     # Objects: 1-3, placed apart where possible (a later one may still occlude an earlier one).
     placed: list[tuple[np.ndarray, float]] = []
     for _ in range(rng.integers(1, 4)):
@@ -127,17 +132,7 @@ def render_object(seed: int, split: str, index: int, size: int = 64, scene_size:
     centred at most 0.7 radius from the border. A stream of its own: no image repeats a scene.
     """
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index, 1])
-    base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.45), rng.uniform(0.3, 0.85)))
-    coarse = rng.normal(0.0, 0.12, (4, 4, 3))
-    shading = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
-    image = np.clip(base + shading, 0, 1)
-    for _ in range(rng.integers(0, 3)):
-        centre = rng.uniform(0.1 * size, 0.9 * size, 2)
-        u, v = _rotated_grid(rng, size, centre)
-        axis = rng.uniform(0.06, 0.16) * scene_size
-        mask = (u / axis) ** 2 + (v / (axis * rng.uniform(0.25, 0.45))) ** 2 <= 1.0
-        material = MATERIALS[rng.integers(len(MATERIALS))]
-        image[mask] = _material_pixels(rng, material, u, v)[mask]
+    image = _background(rng, size, scene_size)
     class_id = int(rng.integers(1, NUM_CLASSES))
     shape, material = SHAPES[(class_id - 1) // 4], MATERIALS[(class_id - 1) % 4]
     radius = rng.uniform(0.14, 0.3) * scene_size

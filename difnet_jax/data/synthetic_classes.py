@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from difnet_jax.data import shapes
-from difnet_jax.data.builder_base import ArrayRecordByDefault, png_bytes
+from difnet_jax.data.builder_base import ArrayRecordByDefault, GeneratedSplits, png_bytes
 
 CLASS_NAMES = shapes.CLASS_NAMES[1:]  # label i is synthetic_shapes' class i + 1
 
@@ -29,7 +29,7 @@ class SyntheticClassesConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class SyntheticClasses(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
+class SyntheticClasses(GeneratedSplits, ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
     """Single-object classification images of synthetic_shapes' 20 object classes."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -51,16 +51,7 @@ class SyntheticClasses(ArrayRecordByDefault, tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Nothing to download.
-        return {
-            "train": self._generate_examples("train", self.builder_config.num_train),
-            "validation": self._generate_examples("validation", self.builder_config.num_validation),
-        }
-
-    def _generate_examples(self, split: str, count: int):
+    def _example(self, split: str, index: int) -> dict:
         cfg = self.builder_config
-        for index in range(count):
-            image, class_id = shapes.render_object(cfg.seed, split, index, size=cfg.image_size)
-            key = f"{split}_{index:06d}"
-            yield key, {"image": png_bytes(image), "label": class_id - 1, "id": key}
+        image, class_id = shapes.render_object(cfg.seed, split, index, size=cfg.image_size)
+        return {"image": png_bytes(image), "label": class_id - 1}

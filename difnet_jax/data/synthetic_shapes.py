@@ -15,7 +15,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 
 from difnet_jax.data import shapes
-from difnet_jax.data.builder_base import SegmentationBuilder, png_bytes
+from difnet_jax.data.builder_base import GeneratedSplits, SegmentationBuilder, png_bytes
 
 
 @dataclasses.dataclass
@@ -26,7 +26,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class SyntheticShapes(SegmentationBuilder):
+class SyntheticShapes(GeneratedSplits, SegmentationBuilder):
     """VOC-like synthetic scenes: 21 classes, 255 void band, ambiguous local appearance."""
 
     CLASS_NAMES = shapes.CLASS_NAMES
@@ -35,16 +35,7 @@ class SyntheticShapes(SegmentationBuilder):
         SyntheticShapesConfig(name="tiny", description="48 / 16 scenes for tests", num_train=48, num_validation=16),
     ]
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Nothing to download.
-        return {
-            "train": self._generate_examples("train", self.builder_config.num_train),
-            "validation": self._generate_examples("validation", self.builder_config.num_validation),
-        }
-
-    def _generate_examples(self, split: str, count: int):
+    def _example(self, split: str, index: int) -> dict:
         cfg = self.builder_config
-        for index in range(count):
-            image, label = shapes.render_scene(cfg.seed, split, index, size=cfg.image_size)
-            key = f"{split}_{index:06d}"
-            yield key, {"image": png_bytes(image), "label": png_bytes(label), "id": key}
+        image, label = shapes.render_scene(cfg.seed, split, index, size=cfg.image_size)
+        return {"image": png_bytes(image), "label": png_bytes(label)}
