@@ -195,7 +195,8 @@ def _compare(results, check, name, dtype, output, reference, value_tol, grad_tol
 
 
 def _scenes(count: int, crop: int, offset: int = 0) -> dict[str, np.ndarray]:
-    """synthetic_shapes train scenes rendered in memory (no TFDS), cropped and normalised like the pipeline."""
+    """synthetic_shapes train scenes rendered in memory (no TFDS), cropped, normalised with ImageNet's mean and std
+    (whatever the config's data.normalization: the checks feed the same arrays to both devices and compare)."""
     from difnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
     from difnet_jax.data import shapes
 
