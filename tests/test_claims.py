@@ -182,6 +182,24 @@ def test_finished_runs_are_skipped_so_that_a_study_resumes(tmp_path):
         claims.execute(plan, train=lambda job: None, evaluate=lambda job: None)
 
 
+def test_runs_of_sub_point_claims_train_one_seed_and_the_report_says_why(tmp_path):
+    plan = _plan(tmp_path, ["weighting", "pdn"], seeds=3)
+    jobs = plan.claim_jobs(selected={"da_beta": 1.2, "pdn_layer_loss_weight": 0.1})
+    seeds = {}
+    for job in jobs:
+        seeds.setdefault(job.run.name, []).append(job.seed)
+    assert seeds == {"pdn18_24nb_1m_pretrained": [0, 1, 2], "pdn18_8nb_1m_pretrained": [0, 1, 2],
+                     "simdeeplab18_pretrained": [0, 1, 2], "pdn18_24nb_2m_pretrained": [0],
+                     "deeplabv3plus18_affinity_sqrt_pretrained": [0, 1, 2],
+                     "deeplabv3plus18_affinity_neighbor_pretrained": [0],
+                     "deeplabv3plus18_affinity_signal_pretrained": [0],
+                     "deeplabv3plus18_affinity_none_pretrained": [0]}
+    sqrt = plan.study.runs["deeplabv3plus18_affinity_sqrt_pretrained"]
+    assert _plan(tmp_path, ["weighting"], seeds=1).seeds_of(sqrt) == 1
+    text = claims.markdown(plan, "cmd", "an estimate", date="2026-01-02")
+    assert "Runs with fewer than 3 seeds: PDN-18 24NB-2M (pretrained);" in text and claims.FEWER_SEEDS in text
+
+
 def test_a_workdir_holding_another_run_is_refused(tmp_path):
     plan = _plan(tmp_path, ["walks"], seeds=1)
     full, dropped = plan.claim_jobs()
@@ -260,7 +278,7 @@ def test_dry_run_lists_the_runs_and_starts_nothing(tmp_path):
     lines = result.stdout.splitlines()
     commands = [line for line in lines if "python -m experiments.voc" in line]
     assert len(commands) == 3 + 2 * 3  # the layer-loss sweep; DifNet, Sim-DeepLab from scratch, Sim-DeepLab pretrained
-    assert sum("waits for sweep(s) pdn_layer_loss_weight" in line for line in lines) == 3 * 2
+    assert sum("waits for sweep(s) pdn_layer_loss_weight" in line for line in lines) == 2 + 2 + 1  # 2M: one seed
     assert any("Estimated CPU time" in line for line in lines)
     assert f"--workdir={runs}/difnet18_scratch_steps10_seed1" in result.stdout
     assert not runs.exists() and not out.exists()
