@@ -1,5 +1,9 @@
 """Run in a subprocess by test_scaling.py: trains the same steps on 1, 2 and 8 simulated CPU devices.
 
+The initial state is made once (on 1 device) and placed on each mesh, replicated as `Trainer.init`
+places it: what is compared is the train steps (each mesh compiling its own initialiser too would
+cost a third more of the test's time).
+
 Prints one JSON line: the max differences of params and BN statistics against 1 device (per array,
 relative to its largest value where that exceeds 1),
 and the per-step losses of each device count.
@@ -19,7 +23,7 @@ from difnet_jax import train  # noqa: E402
 from experiments.configs.voc import get_config  # noqa: E402
 
 
-def run(num_devices, steps=3):
+def run(num_devices, initial=None, steps=3):
     config = get_config("difnet18,synthetic")
     config.model.width = 8
     config.model.aspp_rates = (1, 2)
@@ -30,7 +34,11 @@ def run(num_devices, steps=3):
     config.train.optimizer = "sgd"
     config.train.lr = 0.05
     trainer = train.Trainer(config, 21, mesh=Mesh(np.array(jax.devices()[:num_devices]), ("data",)))
-    state = trainer.init(jax.random.PRNGKey(0))
+    if initial is None:
+        state = trainer.init(jax.random.PRNGKey(0))
+        initial = jax.device_get(state)
+    else:
+        state = jax.device_put(initial, trainer.state_sharding)
     rng = np.random.default_rng(0)
     batch = {"image": rng.normal(size=(8, 33, 33, 3)).astype(np.float32),
              "label": rng.integers(0, 21, (8, 33, 33)).astype(np.int32)}
@@ -38,15 +46,15 @@ def run(num_devices, steps=3):
     for _ in range(steps):
         state, metrics = trainer.train_step(state, trainer.global_batch(batch))
         losses.append(float(metrics["loss"]))
-    return jax.device_get((state.params, state.batch_stats)), losses
+    return jax.device_get((state.params, state.batch_stats)), losses, initial
 
 
 def main():
     assert jax.device_count() == 8, jax.devices()
-    reference, reference_losses = run(1)
+    reference, reference_losses, initial = run(1)
     result = {"losses": {1: reference_losses}, "max_diff": {}}
     for n in (2, 8):
-        tree, losses = run(n)
+        tree, losses, _ = run(n, initial)
         diffs = jax.tree.map(
             lambda a, b: float(np.abs(np.asarray(a) - b).max() / max(1.0, np.abs(b).max())), tree, reference
         )

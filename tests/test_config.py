@@ -59,8 +59,8 @@ def test_every_variant_builds_at_a_small_size(variant, tmp_path):
         write_affinity_stats(config, str(tmp_path))
     model = build_model(config, 7)
     x = jnp.zeros((1, 41, 41, 3))
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
-    logits, _ = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    # One trace: init's own forward pass is the eval-mode output
+    (logits, _), _ = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, train=False))
     assert logits.shape == (1, 41, 41, 7)
 
 

@@ -31,9 +31,9 @@ def test_sigterm_saves_and_the_run_resumes_where_it_stopped(tiny_data_dir, tmp_p
         sys.executable, "-m", "experiments.voc", "--config=experiments/configs/voc.py:difnet18,synthetic",
         f"--workdir={workdir}", "--config.data.name=synthetic_shapes/tiny", f"--config.data.data_dir={tiny_data_dir}",
         "--config.model.width=8", "--config.model.aspp_rates=(1,2)", "--config.data.crop_size=33",
-        "--config.train.batch_size=4", "--config.train.num_steps=400", "--config.train.log_every=1",
-        "--config.train.checkpoint_every=1000", "--config.train.eval_every=1000",
-    ]
+        "--config.train.batch_size=4", "--config.train.eval_batch_size=8", "--config.train.num_steps=1000",
+        "--config.train.log_every=1", "--config.train.checkpoint_every=1000", "--config.train.eval_every=1000",
+    ]  # tiny_config's values: the programs it compiles are the in-process tests' (JAX's persistent cache)
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics_path = workdir / "metrics.jsonl"
@@ -45,12 +45,12 @@ def test_sigterm_saves_and_the_run_resumes_where_it_stopped(tiny_data_dir, tmp_p
     assert proc.returncode == 0, output[-3000:]
     assert output.count("SIGTERM received") == 1 and output.count("Stopped by") == 1, output[-3000:]
     saved = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
-    assert len(saved) == 1 and 2 <= saved[0] < 400
+    assert len(saved) == 1 and 2 <= saved[0] < 1000
     stopped_at = saved[0]
     assert (f"Stopped by SIGTERM after step {stopped_at}; checkpoint saved in {workdir / 'checkpoints'}. "
             "Run the same command to resume.") in output
 
-    command[command.index("--config.train.num_steps=400")] = f"--config.train.num_steps={stopped_at + 2}"
+    command[command.index("--config.train.num_steps=1000")] = f"--config.train.num_steps={stopped_at + 2}"
     # num_steps may change on resume (it is not a model or data key); the run continues from the checkpoint.
     output = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert output.returncode == 0, output.stderr[-3000:]
@@ -75,7 +75,7 @@ def _poisoning_global_batch(poison_step):
 
 def test_nan_batch_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
     config = tiny_config(tiny_data_dir)
-    config.train.num_steps = 6
+    config.train.num_steps = 4
     config.train.checkpoint_every = 2
     config.train.log_every = 100
     monkeypatch.setattr(train.Trainer, "global_batch", _poisoning_global_batch(3))
@@ -105,6 +105,7 @@ def test_nan_batch_is_skipped_when_asked(tiny_data_dir, tmp_path, monkeypatch):
 
 def test_skipped_step_leaves_the_state_unchanged(tiny_data_dir):
     config = tiny_config(tiny_data_dir)
+    config.train.num_steps = 4  # the previous test's train step: compiled once
     config.train.skip_nonfinite = True
     trainer = train.Trainer(config, 21)
     state = trainer.init(jax.random.PRNGKey(0))
@@ -202,28 +203,28 @@ def _records(workdir):
 def test_a_stop_at_the_last_step_is_honoured_and_the_rerun_evaluates(tiny_data_dir, tmp_path, monkeypatch, caplog):
     """Ctrl-C while the last step's report waits for the device: no evaluation; the rerun does it."""
     config = tiny_config(tiny_data_dir)
-    config.train.num_steps = 3
+    config.train.num_steps = 4
     config.train.log_every = config.train.checkpoint_every = config.train.eval_every = 100
     report = Progress.report
 
     def report_then_ctrl_c(self, step):
         report(self, step)
-        if step == 3:
+        if step == 4:
             _signal_self(signal.SIGINT)
 
     monkeypatch.setattr(Progress, "report", report_then_ctrl_c)
     with caplog.at_level(logging.INFO, logger="difnet_jax"):
         result = train.train_and_evaluate(config, str(tmp_path))
-    assert result == {"step": 3, "stopped_by": "SIGINT"}
-    assert caplog.text.count("Stopped by") == 1 and "Stopped by SIGINT after step 3; checkpoint saved" in caplog.text
-    assert checkpointing.checkpoint_manager(str(tmp_path), config).all_steps() == [3]
+    assert result == {"step": 4, "stopped_by": "SIGINT"}
+    assert caplog.text.count("Stopped by") == 1 and "Stopped by SIGINT after step 4; checkpoint saved" in caplog.text
+    assert checkpointing.checkpoint_manager(str(tmp_path), config).all_steps() == [4]
     assert [r["step"] for r in _records(tmp_path) if "val/miou" in r] == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
     monkeypatch.undo()
     rerun = train.train_and_evaluate(config, str(tmp_path))
-    assert rerun["step"] == 3 and 0 <= rerun["val/miou"] <= 1
-    assert [r["step"] for r in _records(tmp_path) if "val/miou" in r] == [3]
+    assert rerun["step"] == 4 and 0 <= rerun["val/miou"] <= 1
+    assert [r["step"] for r in _records(tmp_path) if "val/miou" in r] == [4]
 
 
 def test_a_stop_during_an_evaluation_checkpoints_and_the_resumed_run_evaluates_again(tiny_data_dir, tmp_path,

@@ -21,8 +21,8 @@ def test_every_variant_has_the_right_output_shapes(variant, tmp_path):
         write_affinity_stats(config.model, str(tmp_path))  # the head's bias reads statistics: a file of its own
     model = build_model(config.model, K)
     x = jnp.zeros((2, 65, 65, 3))
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False))
-    logits, inter = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    # One trace: init's own forward pass is the eval-mode output (tracing the model twice costs twice)
+    (logits, inter), variables = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, train=False))
     assert logits.shape == (2, 65, 65, K)
     if "score_map" in inter:  # the output-stride-8 families (DeepLabv3+ has its own tests)
         assert inter["score_map"].shape == (2, 9, 9, K)

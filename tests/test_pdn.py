@@ -235,8 +235,9 @@ def test_pdn_shapes_for_every_depth_with_one_and_two_modules(depth):
     for modules in (1, 2):
         model = pdn.PDN(K, depth=depth, num_modules=modules)
         images = jnp.zeros((2, size, size, 3))
-        variables = jax.eval_shape(lambda x, m=model: m.init(jax.random.PRNGKey(0), x, train=False), images)
-        (logits, intermediates) = jax.eval_shape(lambda v, x, m=model: m.apply(v, x, train=False), variables, images)
+        # One trace: init's own forward pass is the eval-mode output
+        (logits, intermediates), variables = jax.eval_shape(
+            lambda x, m=model: m.init_with_output(jax.random.PRNGKey(0), x, train=False), images)
         assert logits.shape == (2, size, size, K) and logits.dtype == jnp.float32
         assert intermediates["score_map"].shape == (2, grid, grid, K)
         assert len(intermediates["layer_logits"]) == 4 * modules
