@@ -44,7 +44,7 @@ def _assert_says_what_it_does_and_rates_exclude_compiling(caplog, workdir):
     that line's rate (so the ETA) counts the step's run only, not the compilation before it."""
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("difnet_jax")]
     expected = ["Preparing the data: synthetic_shapes/tiny", "Initialising difnet-18", "Training difnet-18",
-                "Compiling the train step", "Compiled the train step in", "step 1/4", "step 2/4", "eval step 4"]
+                "Compiling the train step", "Compiled the train step in", "step 1/2", "step 2/2", "eval step 2"]
     found = [next(i for i, m in enumerate(messages) if m.startswith(prefix)) for prefix in expected]
     assert found == sorted(found), messages
     compile_seconds = float(re.search(r"Compiled the train step in ([\d.]+)s", caplog.text).group(1))
@@ -54,42 +54,42 @@ def _assert_says_what_it_does_and_rates_exclude_compiling(caplog, workdir):
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_data_dir, tmp_path, caplog):
     config = tiny_config(tiny_data_dir)
-    config.train.num_steps = 4
-    config.train.checkpoint_every = 2
-    config.train.eval_every = 4
+    config.train.num_steps = 2  # the shared trained run's programs (conftest.py): JAX's persistent cache has them
+    config.train.checkpoint_every = 1
+    config.train.eval_every = 2
     straight = str(tmp_path / "straight")
     with caplog.at_level(logging.INFO, logger="difnet_jax"):
         result = train.train_and_evaluate(config, straight)
-    assert 0.0 <= result["val/miou"] <= 1.0 and result["step"] == 4
+    assert 0.0 <= result["val/miou"] <= 1.0 and result["step"] == 2
     _assert_says_what_it_does_and_rates_exclude_compiling(caplog, straight)
     caplog.clear()
 
-    # A run interrupted after step 2: the same workdir without the step-4 checkpoint.
+    # A run interrupted after step 1: the same workdir without the step-2 checkpoint.
     resumed = str(tmp_path / "resumed")
     shutil.copytree(straight, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "2"))
     os.remove(os.path.join(resumed, "metrics.jsonl"))
-    train.train_and_evaluate(config, resumed)  # picks up at step 2, with the data iterator's position
+    train.train_and_evaluate(config, resumed)  # picks up at step 1, with the data iterator's position
 
     trainer = train.Trainer(config, num_classes=21)
-    a, b = _restore_state(straight, trainer, 4), _restore_state(resumed, trainer, 4)
-    assert int(a.step) == int(b.step) == 4
+    a, b = _restore_state(straight, trainer, 2), _restore_state(resumed, trainer, 2)
+    assert int(a.step) == int(b.step) == 2
     for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
     records = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
-    assert [r["step"] for r in records if "loss" in r] == [1, 2, 4]  # a session's first step is always reported
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]  # a session's first step is always reported
     evals = [r for r in records if "val/miou" in r]
-    assert len(evals) == 1 and evals[0]["step"] == 4 and len(evals[0]["val/iou"]) == 21
+    assert len(evals) == 1 and evals[0]["step"] == 2 and len(evals[0]["val/iou"]) == 21
     resumed_steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
-    assert resumed_steps == [3, 4, 4]  # only steps 3-4 were trained again: two train lines and one eval line
+    assert resumed_steps == [2, 2]  # only step 2 was trained again: its train line (the session's first) and eval
 
     # Running a finished run again re-evaluates it: the same figures, no training, no second eval line.
     lines_before = open(os.path.join(straight, "metrics.jsonl")).read()
     with caplog.at_level(logging.INFO, logger="difnet_jax"):
         again = train.train_and_evaluate(config, straight)
-    assert again["step"] == 4 and again["val/miou"] == result["val/miou"]
+    assert again["step"] == 2 and again["val/miou"] == result["val/miou"]
     assert open(os.path.join(straight, "metrics.jsonl")).read() == lines_before
-    assert "is already trained to step 4 (config.train.num_steps=4): evaluating that checkpoint" in caplog.text
-    assert "not appended" in caplog.text and "steps 5..4" not in caplog.text and "Compiling" not in caplog.text
+    assert "is already trained to step 2 (config.train.num_steps=2): evaluating that checkpoint" in caplog.text
+    assert "not appended" in caplog.text and "steps 3..2" not in caplog.text and "Compiling" not in caplog.text
 
