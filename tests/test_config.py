@@ -214,3 +214,16 @@ def test_the_affinity_statistics_follow_the_data_overrides(tmp_path):
     assert (own.affinity_stats_dataset, own.affinity_stats_data_dir) == ("synthetic_shapes", str(tmp_path))
     saved = json.loads(config.to_json_best_effort())["model"]["deeplabv3plus"]
     assert saved["affinity_stats_data_dir"] == str(tmp_path)
+
+
+def test_synthetic_fine_tuning_is_one_adamw_recipe_for_every_family_and_real_data_keeps_the_papers():
+    """AdamW's step does not scale with the gradient: the families' SGD rates (DeepLabv3+ 7e-3 on every layer,
+    PDN 2.5e-4) would move their backbones 28x apart under `synthetic`; every family gets one recipe there."""
+    for variant in ("simdeeplab18", "difnet18", "pdn18_24nb_1m", "deeplabv3plus18", "deeplabv3plus18_affinity"):
+        for modifiers in ("synthetic,pretrained", "synthetic,imagenet"):
+            train = get_config(f"{variant},{modifiers}").train
+            assert (train.optimizer, train.lr, train.new_lr_scale) == ("adamw", 2.5e-4, 10.0), (variant, modifiers)
+    real = {v: get_config(f"{v},imagenet").train for v in ("pdn18_24nb_1m", "deeplabv3plus18")}
+    assert (real["pdn18_24nb_1m"].lr, real["pdn18_24nb_1m"].new_lr_scale) == (2.5e-4, 10.0)  # PDN Sec. 5.1
+    assert (real["deeplabv3plus18"].lr, real["deeplabv3plus18"].new_lr_scale) == (7e-3, 1.0)  # deeplab train.py
+    assert get_config("deeplabv3plus18,synthetic,pretrained").train.weight_decay == 1e-4  # other keys stay
