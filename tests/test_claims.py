@@ -55,12 +55,14 @@ def test_the_study_covers_every_claim_of_the_issue_with_runnable_configs():
                                               "propagation", "transitions"]
     runs, miou = study.runs, "val/miou"
     protocol = {c.name: {r.modifiers for r in study.runs_of([c])} for c in study.claims}
-    assert protocol == {"difnet_vs_simdeeplab": {claims.SCRATCH}, "walks": {claims.SCRATCH},
+    assert protocol == {"difnet_vs_simdeeplab": {claims.SCRATCH, claims.PRETRAINED}, "walks": {claims.SCRATCH},
                         "transitions": {claims.SCRATCH}, "pdn": {claims.PRETRAINED}, "da_loss": {claims.PRETRAINED},
                         "weighting": {claims.PRETRAINED}, "propagation": {claims.PRETRAINED}}
     # DifNet > Sim-DeepLab at equal depth; walks 2 and 4 dropped at depth 18
-    (better, _, worse, _, _), = _comparisons(study.claim("difnet_vs_simdeeplab"))
-    assert (runs[better].variant, runs[worse].variant) == ("difnet18", "simdeeplab18")
+    pairs = {(runs[b].variant, runs[w].variant, runs[b].modifiers, runs[w].modifiers)
+             for b, _, w, _, _ in _comparisons(study.claim("difnet_vs_simdeeplab"))}
+    assert pairs == {("difnet18", "simdeeplab18", claims.SCRATCH, claims.SCRATCH),
+                     ("difnet18", "simdeeplab18", claims.PRETRAINED, claims.PRETRAINED)}
     (better, _, worse, _, _), = _comparisons(study.claim("walks"))
     assert runs[better].variant == runs[worse].variant == "difnet18"
     assert (dict(runs[better].overrides), dict(runs[worse].overrides)) == ({}, {"model.difnet.walks": (1, 3, 5)})
@@ -113,7 +115,7 @@ def test_the_commands_set_the_planned_values(monkeypatch):
     selected = {name: sweep.values[1] for name, sweep in study.sweeps.items()}
     jobs = plan.all_jobs() + [claims.make_job(run, 1, 30, "/runs", selected, plan.short) for run in study.runs.values()]
     jobs = [job for job in jobs if job.workdir]
-    assert len(jobs) == 3 * 5 + 6 * 2 + 13  # 5 sweeps; 6 runs need no sweep; every run at a selected value
+    assert len(jobs) == 3 * 5 + 7 * 2 + 14  # 5 sweeps; 7 runs need no sweep; every run at a selected value
     for job in jobs:
         values = flags.FlagValues()
         config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
@@ -157,7 +159,9 @@ def test_the_difference_of_two_metrics_takes_the_larger_spread(tmp_path):
 
 def test_finished_runs_are_skipped_so_that_a_study_resumes(tmp_path):
     plan = _plan(tmp_path, ["difnet_vs_simdeeplab"])
-    difnet0, difnet1, sim0, sim1 = plan.claim_jobs()
+    difnet0, difnet1, sim0, sim1, *pretrained = plan.claim_jobs()
+    for job in pretrained:  # the claim's fine-tuned pair, finished
+        _fake_run(job, 0.7)
     _fake_run(difnet0, 0.6)  # finished
     _fake_run(difnet1, 0.6, trained_to=10, eval_steps=[10])  # stopped half way
     _fake_run(sim0, 0.5, eval_steps=[10])  # trained to the end, stopped during the final evaluation
@@ -262,7 +266,8 @@ def test_the_report_writes_not_run_for_claims_without_runs(tmp_path):
 
     for job, miou in zip(_plan(tmp_path, ["difnet_vs_simdeeplab"]).claim_jobs(), (0.60, 0.62, 0.50, 0.51)):
         _fake_run(job, miou)
-    table = [line for line in claims.markdown(plan, "cmd", "est").splitlines() if line.startswith("| DifNet-18 >")]
+    table = [line for line in claims.markdown(plan, "cmd", "est").splitlines()
+             if line.startswith("| DifNet-18 > Sim-DeepLab-18, from scratch")]
     assert table == ["| DifNet-18 > Sim-DeepLab-18, from scratch | 70.17 vs 66.33 (depth 18) (DifNet Table 1) | "
                      "61.00 ± 1.41 (n = 2) vs 50.50 ± 0.71 (n = 2) | yes | Δ +10.50 points, spread 1.41 |"]
     rows = claims.rows(plan)
@@ -273,12 +278,14 @@ def test_dry_run_lists_the_runs_and_starts_nothing(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "claims.md"
     result = subprocess.run(
         [sys.executable, "-m", "experiments.claims", "--dry_run", "--only=difnet_vs_simdeeplab,pdn", "--seeds=2",
-         "--steps=10", f"--runs_dir={runs}", f"--out={out}"], capture_output=True, text=True, timeout=120, cwd=REPO)
+         "--steps=10", "--scratch_steps=20", f"--runs_dir={runs}", f"--out={out}"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     commands = [line for line in lines if "python -m experiments.voc" in line]
-    assert len(commands) == 3 + 2 * 3  # the layer-loss sweep; DifNet, Sim-DeepLab from scratch, Sim-DeepLab pretrained
+    assert len(commands) == 3 + 2 * 4  # the layer-loss sweep; DifNet, Sim-DeepLab from scratch and pretrained
     assert sum("waits for sweep(s) pdn_layer_loss_weight" in line for line in lines) == 2 + 2 + 1  # 2M: one seed
     assert any("Estimated CPU time" in line for line in lines)
-    assert f"--workdir={runs}/difnet18_scratch_steps10_seed1" in result.stdout
+    assert f"--workdir={runs}/difnet18_scratch_steps20_seed1" in result.stdout  # --scratch_steps
+    assert f"--workdir={runs}/difnet18_pretrained_steps10_seed1" in result.stdout  # --steps
     assert not runs.exists() and not out.exists()
