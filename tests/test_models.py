@@ -54,6 +54,12 @@ def test_difnet_forward_is_the_documented_composition():
     seed = inter["seed"].reshape(2, 49, K)
     y1, _ = diffusion.cascade(seed, [psi1], jnp.zeros(1), jnp.zeros(1))
     np.testing.assert_allclose(inter["walks"][0].reshape(2, 49, K), y1, atol=1e-5)
+    # The evaluator's extra head is the seed the cascade starts from (val/miou_seed: the seed branch alone).
+    from difnet_jax.evaluation.evaluator import head_logits
+    from difnet_jax.models import FAMILIES
+    heads = head_logits(model, FAMILIES["difnet"], variables, x)
+    assert set(heads) == {"final", "seed"}
+    np.testing.assert_allclose(heads["seed"], resize_bilinear(inter["seed"], (49, 49)), atol=1e-5)
 
 
 def test_simdeeplab_logits_are_upsampled_scores():

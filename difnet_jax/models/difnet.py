@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -234,6 +234,12 @@ def loss(outputs, batch, model: ml_collections.ConfigDict) -> tuple[jnp.ndarray,
                                       weighting="none", stats=None) for psi in intermediates["psis"])
     term = term / len(intermediates["psis"])
     return ce + own.transition_affinity_beta * term, {"ce": ce, "transition_affinity": term}
+
+
+def extra_predictions(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """{'seed': the seed s = M * x on the seed grid}: the seed branch alone (Sec. 4), evaluated beside the diffused
+    output, so that val/miou - val/miou_seed is what the cascade of random walks adds."""
+    return {"seed": intermediates["seed"]}
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ from difnet_jax.models.family import Family, initialised_backbones, segmentation
 
 FAMILIES: dict[str, Family] = {
     "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
-                     defaults=difnet.defaults),
+                     defaults=difnet.defaults, extra_predictions=difnet.extra_predictions),
     "simdeeplab": Family(build=simdeeplab.build, loss=segmentation_loss, backbones=simdeeplab.backbones,
                          check=simdeeplab.check, defaults=simdeeplab.defaults),
     "pdn": Family(build=pdn.build, loss=pdn.loss, backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,

@@ -48,7 +48,7 @@ class Family:
         for the family's own keys (shared keys are checked once, elsewhere).
     defaults: () -> the family's own sub-dict `config.model.<name>` with its defaults.
     extra_predictions: intermediates -> {head: logits (B, h, w, K)}: named predictions
-        evaluated beside the final output (PDN's diffusion layers); {} for most families.
+        evaluated beside the final output (DifNet's seed branch, PDN's diffusion layers); {} otherwise.
     train_output_stride: config.model -> the stride of the network's coarsest grid in training;
         `check_config` asks for crops of `stride * k + 1` pixels, whose grid's corners fall on
         the crop's corners (DifNet, Sim-DeepLab, PDN: 8; DeepLabv3+: its `output_stride`, 16).

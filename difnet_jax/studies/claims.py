@@ -566,7 +566,7 @@ def rows(plan: Plan) -> list[Row]:
             notes += [n for n in dict.fromkeys((note_a, note_b)) if n]
             verdict = judge(d)
             if verdict in ("no", "no (spread unknown)"):
-                notes.append("reason: unknown (not investigated by the script)")
+                notes.append("reason: README, Claims, 'What was checked for each no'")
             result.append(Row(claim, comp, f"{_cell(a, comp.better.key)} vs {_cell(b, comp.worse.key)}", verdict,
                               "; ".join(notes)))
     return result

@@ -6,7 +6,11 @@
   (ASPP scores on the feature grid) with respect to the input image (`receptive_field`), for
   the trained run and, at the run's depth and width with random weights (the figure is about
   architecture), the backbone without a module (Sim-DeepLab), with an 8NB and with a 24NB module.
-- `run_pdn_study`: both figures for a restored run, written to WORKDIR/mechanism/.
+- `module_statistics`: how much of the image each diffusion module carries, layer by layer: the spatial
+  spread of its input (the 1x1 reduction) against its common offset, and of every layer's depth map. A module whose
+  depth maps are nearly constant over the image (gates and candidates saturated by a large offset, or a signal
+  attenuated by small weights) leaves its layer classifiers only the class prior (Table 2's reading fails).
+- `run_pdn_study`: the figures and the statistics for a restored run, written to WORKDIR/mechanism/.
 """
 
 from __future__ import annotations
@@ -57,10 +61,60 @@ def receptive_field_maps(model: PDN, variables: dict[str, Any], canvas: np.ndarr
     return maps
 
 
+def module_statistics(run, canvases: np.ndarray, sizes) -> dict[str, dict[str, Any]]:
+    """{block: {'input_offset', 'input_spatial_std', 'layers': [{'spatial_std', 'mean_abs', 'memory_mean_abs'}]}}.
+
+    Over the feature-grid cells of each image's own extent (no canvas padding): 'input_offset' is the mean over
+    channels of |the channel's mean|, '*spatial_std' the mean over images and channels of the std over cells, of
+    the reduction's output (the module's input) and of each layer's depth hidden map H^d_t.
+    """
+    _, state = run.model.apply(run.variables, jnp.asarray(canvases), train=False, capture_intermediates=True,
+                               mutable=["intermediates"])
+    cells = [((height - 1) // 8 + 1, (width - 1) // 8 + 1) for height, width in sizes]
+
+    def per_image(maps) -> list[np.ndarray]:
+        maps = np.asarray(maps, np.float32)
+        return [maps[i, :rows, :cols] for i, (rows, cols) in enumerate(cells)]
+
+    def spatial_std(maps) -> float:
+        return float(np.mean([m.std(axis=(0, 1)).mean() for m in per_image(maps)]))
+
+    statistics = {}
+    for name, block in state["intermediates"].items():
+        if not name.startswith("diffusion_"):
+            continue
+        reduced = per_image(block["reduce"]["__call__"][0])
+        layers = []
+        for t in range(1, sum(key.startswith("layer") for key in block["module"]) + 1):
+            hidden, memory = block["module"][f"layer{t}"]["__call__"][0]
+            layers.append({"spatial_std": spatial_std(hidden[0]),
+                           "mean_abs": float(np.mean([np.abs(m).mean() for m in per_image(hidden[0])])),
+                           "memory_mean_abs": float(np.mean([np.abs(m[..., 0]).mean() for m in per_image(memory)]))})
+        statistics[name] = {
+            "input_offset": float(np.mean([np.abs(m.mean(axis=(0, 1))).mean() for m in reduced])),
+            "input_spatial_std": float(np.mean([m.std(axis=(0, 1)).mean() for m in reduced])),
+            "layers": layers,
+        }
+    return statistics
+
+
+def statistics_table(statistics: dict[str, dict[str, Any]]) -> str:
+    """The statistics as a markdown table, one row per module."""
+    num_layers = max(len(s["layers"]) for s in statistics.values())
+    header = ["module", "input: channel offset", "input: spatial std"] + [
+        f"layer {t}: spatial std" for t in range(1, num_layers + 1)]
+    rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, s in statistics.items():
+        values = [s["input_offset"], s["input_spatial_std"]] + [layer["spatial_std"] for layer in s["layers"]]
+        rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return "\n".join(rows)
+
+
 def run_pdn_study(run, *, num_images: int = 4, split: str | None = None, site: tuple[int, int] | None = None,
                   output_dir: str | None = None) -> dict[str, Any]:
-    """Writes pdn_layers.png (each layer's prediction) and pdn_receptive_fields.png (+ .json of the fields'
-    extents) for a restored PDN `run`; `site` is a cell of the feature grid (default: the first image's centre)."""
+    """Writes pdn_layers.png (each layer's prediction), pdn_receptive_fields.png (+ .json of the fields' extents)
+    and pdn_module.json / .md (`module_statistics`) for a restored PDN `run`; `site` is a cell of the feature grid
+    (default: the first image's centre)."""
     output_dir = output_dir or os.path.join(run.workdir, "mechanism")
     os.makedirs(output_dir, exist_ok=True)
     raw, canvases, labels, sizes = study_images(run.config, split, num_images)
@@ -81,8 +135,16 @@ def run_pdn_study(run, *, num_images: int = 4, split: str | None = None, site: t
     with open(os.path.join(output_dir, "pdn_receptive_fields.json"), "w") as f:
         json.dump({"site": list(site), "pixel": list(point), "radius_px": extents}, f, indent=2)
     paths.append(os.path.join(output_dir, "pdn_receptive_fields.json"))
+    statistics = module_statistics(run, np.stack(canvases), sizes)
+    with open(os.path.join(output_dir, "pdn_module.json"), "w") as f:
+        json.dump(statistics, f, indent=2)
+    with open(os.path.join(output_dir, "pdn_module.md"), "w") as f:
+        f.write(f"# The diffusion modules of {run.workdir}: how much of the image they carry\n\n"
+                f"Over {len(sizes)} images of the split; `difnet_jax.studies.pdn_mechanism.module_statistics`.\n\n"
+                + statistics_table(statistics) + "\n")
+    paths += [os.path.join(output_dir, "pdn_module.json"), os.path.join(output_dir, "pdn_module.md")]
     log.info("PDN study written to %s (receptive-field radius, px: %s)", output_dir, extents)
-    return {"paths": paths, "radius_px": extents, "layer_predictions": predictions}
+    return {"paths": paths, "radius_px": extents, "layer_predictions": predictions, "module_statistics": statistics}
 
 
 def _extent(field: np.ndarray, point: tuple[int, int], mass: float = 0.9) -> int:
