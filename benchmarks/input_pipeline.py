@@ -1,32 +1,40 @@
 """Input-pipeline throughput: the project's train transform against an albumentations + OpenCV peer, per core,
 the grain loader at several worker counts, and the images/s a train step consumes.
 
-For each --dataset, writes a manual_dir in the real layout and prepares it with the project's builder:
+For each --dataset, writes a manual_dir in the real layout and prepares it with the project's builder twice, with
+each `image_storage` (released: the release's JPEG / PNG bytes; uncompressed: BMP, what the project row reads):
 --dataset=voc_aug: VOC 2012 + SBD from synthetic scenes resized to 500x375 (VOC's usual size; JPEG images,
 palette-PNG and GTcls .mat labels), crop 321. --dataset=cityscapes: leftImg8bit RGB PNGs of 2048x1024 with mild
 noise, so that they are about the real files' 2-3 MB, and gtFine labelIds PNGs, crop 769.
 
-Per core (CPU seconds of this process; OpenCV single-threaded, as `pipeline` sets it), on the same stored records,
-interleaved round by round so that both see the same load:
-- project: what the train loader does: the record's bytes (`pipeline.encoded_images`) + `TrainTransform`, which
-  decodes them (OpenCV) and crops before it resizes;
-- peer: the record's bytes, `cv2.imdecode` (+ BGR -> RGB) of image and label, then albumentations'
-  RandomScale(0.5..1.5, bilinear) + PadIfNeeded(crop, mean / 255, bottom-right) + RandomCrop + HorizontalFlip +
-  Normalize (ImageNet mean and std): the same steps. albumentations is not a requirement of the project:
-  `pip install albumentations` to get these rows;
-- decode alone: the record's bytes and `cv2.imdecode` of image and label, which both of the above do first; its
-  rate over the peer's is the most project / peer could reach with a transform costing nothing;
-- previous: the record's bytes decoded with PIL (TFDS's fallback) and the transform as it was before issue 23
-  (the whole image resized with PIL, then padded and cropped).
-Then the grain train loader's images/s (wall clock, start-up not counted) for each --workers count.
+Per core (CPU seconds of this process; OpenCV single-threaded, as `pipeline` sets it), interleaved round by round
+so that every way sees the same load:
+- project: what the train loader does on a dataset prepared with `--image_storage=uncompressed`: the record's
+  bytes (`pipeline.encoded_images`) + `TrainTransform`, which decodes them (OpenCV) and crops before it resizes,
+  + `pipeline.normalize` (training normalises on the device instead; counted here so that both sides do the same
+  steps); "project, released storage": the same on the default storage;
+- peer: what a researcher's albumentations pipeline reads and does: `cv2.imread` of the release's image file (JPEG
+  / PNG) and of an 8-bit class-index label PNG (as VOC's SegmentationClassAug or Cityscapes' labelTrainIds files;
+  written here from the prepared labels), then albumentations' RandomScale(0.5..1.5, bilinear) +
+  PadIfNeeded(crop, mean, bottom-right) + RandomCrop + HorizontalFlip + Normalize (ImageNet mean and std): the same
+  steps. "peer on the project's records": the same augmentation after `cv2.imdecode` of the uncompressed records,
+  so that project / peer there is the transform's share of the gain. albumentations is not a requirement of the
+  project: `pip install albumentations` to get these rows;
+- decode alone: the peer's file reads and decodes, and the project's record reads and decodes (no transform);
+  decode alone / peer is the most project / peer could reach with a transform costing nothing;
+- previous: the released record's bytes decoded with PIL (TFDS's fallback) and the transform as it was before
+  issue 23 (the whole image resized with PIL, then padded and cropped).
+Then the grain train loader's images/s on the uncompressed records (wall clock, start-up not counted; uint8 crops,
+as training receives them) for each --workers count. Measure on a quiet machine (`uptime`): the load average is printed.
 
-  python -m benchmarks.input_pipeline --dataset=voc_aug,cityscapes --workers=0,1,2 --depths=
+  python -m benchmarks.input_pipeline --dataset=voc_aug,cityscapes --workers=0,1,2 --depths= --per_core_images=96
   python -m benchmarks.input_pipeline --dataset=voc_aug --workers=0,1,2 --depths=18 --output=BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import platform
 import tempfile
@@ -43,7 +51,8 @@ from tensorflow_datasets.core.features import image_feature
 from benchmarks import report
 from difnet_jax import train
 from difnet_jax.constants import IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
-from difnet_jax.data import pipeline, shapes
+from difnet_jax.data import image_storage, pipeline, shapes
+from difnet_jax.data.normalization import IMAGENET
 from experiments.configs import cityscapes as cityscapes_config
 from experiments.configs import voc as voc_config
 
@@ -157,58 +166,89 @@ def previous_transform(image: np.ndarray, label: np.ndarray, crop: int, rng: np.
 
 
 def albumentations_peer(crop: int):
-    """(decode + augment of one record's bytes, albumentations' version) the peer's way, or None if not installed."""
+    """(augment(image RGB, label) -> albumentations' output, albumentations' version), or None if not installed."""
     try:
         import albumentations as A  # noqa: N812 (its documented name)
     except ImportError:
         return None
     augment = A.Compose([
         A.RandomScale(scale_limit=(-0.5, 0.5), interpolation=cv2.INTER_LINEAR, p=1.0),  # factor 1 + U(-0.5, 0.5)
-        A.PadIfNeeded(crop, crop, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=pipeline.PAD_COLOUR,
+        A.PadIfNeeded(crop, crop, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=IMAGENET.fill,
                       fill_mask=IGNORE_LABEL),
         A.RandomCrop(crop, crop),
         A.HorizontalFlip(p=0.5),
         A.Normalize(mean=tuple(float(v) for v in IMAGENET_MEAN / 255), std=tuple(float(v) for v in IMAGENET_STD / 255),
                     max_pixel_value=255.0),
     ], seed=0)
-
-    def peer(record):
-        image = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_COLOR)
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        label = cv2.imdecode(np.frombuffer(record["label"], np.uint8), cv2.IMREAD_UNCHANGED)
-        return augment(image=image, mask=label)
-
-    return peer, A.__version__
+    return (lambda image, label: augment(image=image, mask=label)), A.__version__
 
 
-def per_core_rates(source, crop: int, count: int, previous: bool) -> tuple[dict[str, float], str | None]:
-    """Images per CPU-second of each way (project, decode, peer, previous) over the same records, in alternating
-    rounds."""
-    transform, raw_source = pipeline.TrainTransform(crop), pipeline.encoded_images(source)
-    features = source.dataset_info.features
+def release_files(manual_dir: str, source, label_dir: str) -> list[tuple[str, str]]:
+    """(image, label) file per record of `source`, in its order: the release's image file, and an 8-bit class-index
+    label PNG written into `label_dir` from the record (what researchers' pipelines read: SegmentationClassAug,
+    labelTrainIds)."""
+    images = {}
+    for path in glob.glob(os.path.join(manual_dir, "**", "*.jpg"), recursive=True) + glob.glob(
+            os.path.join(manual_dir, "leftImg8bit", "**", "*_leftImg8bit.png"), recursive=True):
+        images[os.path.basename(path).removesuffix("_leftImg8bit.png").removesuffix(".jpg")] = path
+    os.makedirs(label_dir, exist_ok=True)
+    raw = pipeline.encoded_images(source)
+    files = []
+    for index in range(len(source)):
+        record = raw[index]
+        image_id = record["id"].decode()
+        label_path = os.path.join(label_dir, f"{image_id}.png")
+        with open(label_path, "wb") as f:
+            f.write(record["label"])
+        files.append((images[image_id], label_path))
+    return files
 
-    def project(index, rng):
-        return transform.random_map(raw_source[index], rng)
+
+def per_core_rates(sources: dict, files: list[tuple[str, str]], crop: int, count: int, previous: bool
+                   ) -> tuple[dict[str, float], str | None]:
+    """Images per CPU-second of each way over the same examples, in alternating rounds. `sources`: the prepared
+    records by storage; `files`: the release's (image, label) files, in the records' order."""
+    transform = pipeline.TrainTransform(crop)
+    raw = {storage: pipeline.encoded_images(source) for storage, source in sources.items()}
+    features = sources[image_storage.RELEASED].dataset_info.features
+
+    def read_files(index):
+        image_path, label_path = files[index]
+        return cv2.imread(image_path, cv2.IMREAD_COLOR), cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
+
+    def decode_records(index):
+        record = raw[image_storage.UNCOMPRESSED][index]
+        return (cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_COLOR),
+                cv2.imdecode(np.frombuffer(record["label"], np.uint8), cv2.IMREAD_UNCHANGED))
 
     def previous_way(index, rng):
-        record = raw_source[index]
+        record = raw[image_storage.RELEASED][index]
         image = features["image"].decode_example_np_with_pil(record["image"], 3)
         label = features["label"].decode_example_np_with_pil(record["label"], 1)[..., 0]
         return previous_transform(image, label, crop, rng)
 
-    def decode_only(index, rng):  # what both project and peer do first: no transform can go below it
-        record = raw_source[index]
-        image = cv2.imdecode(np.frombuffer(record["image"], np.uint8), cv2.IMREAD_COLOR)
-        return image, cv2.imdecode(np.frombuffer(record["label"], np.uint8), cv2.IMREAD_UNCHANGED)
+    def project_way(storage, index, rng):  # + normalising on the host: the peer's steps, though training does it
+        out = transform.random_map(raw[storage][index], rng)  # on the device
+        return pipeline.normalize(out["image"]), out["label"]
 
-    ways = {"project": project, "decode": decode_only}
+    ways = {
+        "project": lambda index, rng: project_way(image_storage.UNCOMPRESSED, index, rng),
+        "project_released": lambda index, rng: project_way(image_storage.RELEASED, index, rng),
+        "decode_files": lambda index, rng: read_files(index),
+        "decode_records": lambda index, rng: decode_records(index),
+    }
     peer = albumentations_peer(crop)
     if peer is not None:
-        ways["peer"] = lambda index, rng: peer[0](raw_source[index])
+        def peer_way(decoded):
+            image, label = decoded
+            return peer[0](cv2.cvtColor(image, cv2.COLOR_BGR2RGB), label)
+
+        ways["peer"] = lambda index, rng: peer_way(read_files(index))
+        ways["peer_records"] = lambda index, rng: peer_way(decode_records(index))
     if previous:
         ways["previous"] = previous_way
     seconds, done = dict.fromkeys(ways, 0.0), dict.fromkeys(ways, 0)
-    round_size, images = 8, min(len(source), 8)
+    round_size, images = 8, min(len(files), 8)
     for way in ways.values():  # warm-up, not counted
         way(0, np.random.default_rng(0))
     for round_index in range((count + round_size - 1) // round_size):
@@ -228,7 +268,7 @@ def step_rate(dataset: str, depth: int, batch_size: int) -> float:
     trainer = train.Trainer(config, num_classes=21)
     state = trainer.initial_state(jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
-    batch = trainer.global_batch({"image": rng.normal(size=(batch_size, crop, crop, 3)).astype(np.float32),
+    batch = trainer.global_batch({"image": rng.integers(0, 256, (batch_size, crop, crop, 3), np.uint8),
                                   "label": rng.integers(0, 21, (batch_size, crop, crop)).astype(np.int32)})
     state, metrics = trainer.train_step(state, batch)
     jax.block_until_ready(metrics)
@@ -238,19 +278,29 @@ def step_rate(dataset: str, depth: int, batch_size: int) -> float:
     return batch_size / (time.perf_counter() - start)
 
 
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names)
+
+
 def measure(dataset: str, tmp: str, batch_size: int) -> dict:
-    """The figures of one dataset: prepare time, per-core rates, loader rates, train-step rates."""
+    """The figures of one dataset: prepare time and size per storage, per-core rates, loader rates, train steps."""
     crop, num_images = CROP_SIZE[dataset], _NUM_IMAGES.value or DEFAULT_IMAGES[dataset]
-    manual_dir, data_dir = os.path.join(tmp, dataset, "manual"), os.path.join(tmp, dataset, "tfds")
+    manual_dir = os.path.join(tmp, dataset, "manual")
     (write_cityscapes_tree if dataset == "cityscapes" else write_voc_aug_tree)(manual_dir, num_images)
-    prepare_start = time.perf_counter()
-    pipeline.prepare(dataset, data_dir, manual_dir)
-    prepare_seconds = time.perf_counter() - prepare_start
-    source = pipeline.source(dataset, "train", data_dir)
-    rates, peer_version = per_core_rates(source, crop, _PER_CORE_IMAGES.value, _PREVIOUS.value)
-    loader = {w: loader_rate(source, int(w), _BATCHES.value, batch_size, crop) for w in _WORKERS.value}
+    sources, prepared = {}, {}
+    for storage in image_storage.STORAGES:
+        data_dir = os.path.join(tmp, dataset, storage)
+        start = time.perf_counter()
+        builder = pipeline.prepare(dataset, data_dir, manual_dir, storage)
+        examples = sum(split.num_examples for split in builder.info.splits.values())
+        prepared[storage] = (time.perf_counter() - start, folder_bytes(builder.data_dir) / examples)
+        sources[storage] = pipeline.source(dataset, "train", data_dir)
+    files = release_files(manual_dir, sources[image_storage.RELEASED], os.path.join(tmp, dataset, "labels"))
+    rates, peer_version = per_core_rates(sources, files, crop, _PER_CORE_IMAGES.value, _PREVIOUS.value)
+    loader = {w: loader_rate(sources[image_storage.UNCOMPRESSED], int(w), _BATCHES.value, batch_size, crop)
+              for w in _WORKERS.value}
     steps = {d: step_rate(dataset, int(d), batch_size) for d in _DEPTHS.value if d}
-    return {"crop": crop, "train_images": len(source), "prepare_seconds": prepare_seconds, "per_core": rates,
+    return {"crop": crop, "train_images": len(files), "prepared": prepared, "per_core": rates,
             "peer_version": peer_version, "loader": loader, "steps": steps}
 
 
@@ -264,23 +314,35 @@ def table(results: dict[str, dict], batch_size: int) -> list[str]:
         rows.append(f"| {label} | " + " | ".join(values) + " |")
 
     rate = lambda r, way: r["per_core"].get(way)
-    ratio = lambda r, way: (rate(r, way) / rate(r, "peer")) if rate(r, way) and rate(r, "peer") else None
+    ratio = lambda r, way, to="peer": (rate(r, way) / rate(r, to)) if rate(r, way) and rate(r, to) else None
     version = next((r["peer_version"] for r in results.values() if r["peer_version"]), None)
-    row("project: TrainTransform (OpenCV decode, crop, then resize the window), images per CPU-second",
-        [cell(rate(r, "project")) for r in results.values()])
-    row(f"peer: cv2.imdecode + albumentations {version or '(not installed: pip install albumentations)'}, "
-        "images per CPU-second", [cell(rate(r, "peer")) for r in results.values()])
-    row("**project / peer**", [f"**{cell(ratio(r, 'project'), '{:.2f}x')}**" for r in results.values()])
-    row("decode alone (record read + cv2.imdecode of image and label, as both do), images per CPU-second",
-        [cell(rate(r, "decode")) for r in results.values()])
-    row("ceiling of project / peer (a transform costing nothing): decode alone / peer",
-        [cell(ratio(r, "decode"), "{:.2f}x") for r in results.values()])
+    peer = f"albumentations {version}" if version else "albumentations (not installed: pip install albumentations)"
+    per_second = lambda way: [cell(rate(r, way)) for r in results.values()]
+    times = lambda way, to="peer": [cell(ratio(r, way, to), "{:.2f}x") for r in results.values()]
+    row("project: TrainTransform on uncompressed records (OpenCV decode of BMP, crop, then resize the window), "
+        "images per CPU-second", per_second("project"))
+    row(f"peer: cv2.imread of the release's image and label files + {peer}, images per CPU-second",
+        per_second("peer"))
+    row("**project / peer** (target >= 1.5)", [f"**{cell(ratio(r, 'project'), '{:.2f}x')}**" for r in results.values()])
+    row("project on released records (the default storage: JPEG / PNG), images per CPU-second",
+        per_second("project_released"))
+    row("project on released records / peer", times("project_released"))
+    row(f"peer on the project's uncompressed records (cv2.imdecode + {peer}), images per CPU-second",
+        per_second("peer_records"))
+    row("project / peer, both on uncompressed records (the transform's share)", times("project", "peer_records"))
+    row("decode alone: the peer's (cv2.imread of the release's image and label files), images per CPU-second",
+        per_second("decode_files"))
+    row("decode alone: the project's (uncompressed record read + cv2.imdecode of image and label), images per "
+        "CPU-second", per_second("decode_records"))
+    row("ceiling of project / peer (a transform costing nothing): decode alone on release files / peer",
+        times("decode_files"))
+    row("ceiling of project / peer with uncompressed records: project's decode alone / peer", times("decode_records"))
     if _PREVIOUS.value:
-        row("previous project (PIL decode, whole image resized then cropped), images per CPU-second",
-            [cell(rate(r, "previous")) for r in results.values()])
-        row("previous / peer", [cell(ratio(r, "previous"), "{:.2f}x") for r in results.values()])
+        row("previous project (PIL decode of released records, whole image resized then cropped), images per "
+            "CPU-second", per_second("previous"))
+        row("previous / peer", times("previous"))
     for workers in _WORKERS.value:
-        row(f"grain train loader, {workers} worker(s), images/s (wall clock)",
+        row(f"grain train loader on uncompressed records, {workers} worker(s), images/s (wall clock)",
             [cell(r["loader"][workers]) for r in results.values()])
     device = jax.devices()[0]
     for depth in (d for d in _DEPTHS.value if d):
@@ -304,8 +366,10 @@ def main(argv):
     flags_text = (f"--dataset={','.join(_DATASET.value)} --num_images={_NUM_IMAGES.value} "
                   f"--workers={','.join(_WORKERS.value)} --depths={','.join(_DEPTHS.value)} --batch_size={batch_size} "
                   f"--batches={_BATCHES.value} --per_core_images={_PER_CORE_IMAGES.value}")
-    prepared = "; ".join(f"{n}: {r['train_images']} train images prepared in {r['prepare_seconds']:.1f} s"
-                         for n, r in results.items())
+    prepared = "; ".join(
+        f"{n}: {r['train_images']} train images, prepared " + ", ".join(
+            f"{storage} in {seconds:.1f} s ({size / 2**20:.2f} MiB per example)"
+            for storage, (seconds, size) in r["prepared"].items()) for n, r in results.items())
     text = "\n".join([
         f"## Input pipeline per core vs. albumentations + OpenCV, and the grain loader ({datetime.date.today()}, "
         f"{platform.node()}, {os.cpu_count()} CPU cores, {jax.devices()[0].device_kind})",

@@ -38,6 +38,7 @@ from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.config_errors import ConfigError
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import normalization, pipeline
+from difnet_jax.data.normalization import IMAGENET, Normalization
 from difnet_jax.evaluation import metrics
 from difnet_jax.evaluation.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
 from difnet_jax.models import family_of, pretrained_backbones
@@ -74,8 +75,11 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, loss_fn: LossFn,
                tx: optax.GradientTransformation, skip_nonfinite: bool = False,
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               normalization: Normalization = IMAGENET) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on the model family's loss (`Family.loss`: its total and named terms).
+
+    batch['image'] uint8 RGB (the train loader's) is normalised here, on the device, by `normalization`
+    (`Normalization.apply_on_device`: the host pipeline's values exactly); float images are taken as normalised.
 
     The model gets a per-step rng, `fold_in(state.rng, step)`, as its 'dropout' stream (no
     current family draws from it; one that does gets a different key every step, the same
@@ -86,10 +90,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     the final output, gradient and parameter norms.
     """
     step_rng = jax.random.fold_in(state.rng, state.step)
+    images = batch["image"]
+    if images.dtype == jnp.uint8:
+        images = normalization.apply_on_device(images)
 
     def objective(params):
         outputs, updates = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
             mutable=["batch_stats"], rngs={"dropout": step_rng},
         )
         total, terms = loss_fn(outputs, batch)
@@ -145,6 +152,7 @@ class Trainer:
         self.init = jax.jit(init, out_shardings=self.state_sharding)
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx, skip_nonfinite=config.train.skip_nonfinite,
+                              normalization=normalization.of_config(config.data),
                               loss_fn=lambda outputs, batch: self.family.loss(outputs, batch, config.model)),
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=(self.state_sharding, self.replicated),

@@ -60,3 +60,24 @@ def test_module_table_fraction():
     rows = [dict(row, what="module 24NB d=256 (64x64)", seconds=0.5), dict(row, what="ResNet-50", seconds=2.0)]
     lines = models.module_table(rows)
     assert lines[-1].endswith("| 0.25 |") and lines[-2].endswith("|  |")
+
+
+def test_input_pipeline_benchmark_runs_end_to_end(tmp_path):
+    """`python -m benchmarks.input_pipeline` on a few generated voc_aug images: every project row has a figure."""
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "input_pipeline.md"
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.input_pipeline", "--dataset=voc_aug", "--num_images=8",
+         "--per_core_images=4", "--workers=0", "--depths=", "--batch_size=2", "--batches=2", "--noprevious",
+         f"--output={out}"], cwd=root, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"})
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    text = out.read_text()
+    for row in ("project: TrainTransform on uncompressed records", "project on released records (the default",
+                "grain train loader on uncompressed records, 0 worker(s)"):
+        line = next(line for line in text.splitlines() if line.startswith(f"| {row}"))
+        assert float(re.findall(r"\| ([0-9.]+)x? \|$", line)[0]) > 0, line

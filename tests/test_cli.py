@@ -90,6 +90,9 @@ CASES = {
                           ["no image files in '{only_text}'", "1 other file"]),
     "prepare_without_manual_dir": ("prepare_data", ["--dataset=voc_aug", "--data_dir={tfds}/prepare"],
                                    ["--manual_dir is required to prepare voc_aug", "difnet_jax/data/voc_aug.py"]),
+    "prepare_generated_uncompressed": ("prepare_data", ["--dataset=synthetic_shapes/tiny", "--data_dir={tfds}/prepare",
+                                                        "--image_storage=uncompressed"],
+                                       ["image_storage='uncompressed' applies to the downloaded datasets"]),
 }
 
 

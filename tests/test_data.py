@@ -53,10 +53,10 @@ def test_train_batches_shapes_ranges_and_determinism(tiny_data_dir):
     make = lambda seed: iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33, seed=seed))
     batches = _take(make(0), 3)
     for batch in batches:
-        assert batch["image"].shape == (4, 33, 33, 3) and batch["image"].dtype == np.float32
+        assert batch["image"].shape == (4, 33, 33, 3) and batch["image"].dtype == np.uint8  # normalised on device
         assert batch["label"].shape == (4, 33, 33) and batch["label"].dtype == np.int32
         assert set(np.unique(batch["label"])) <= set(range(21)) | {255}
-        assert -3 < batch["image"].min() and batch["image"].max() < 3  # normalised
+        assert batch["image"].std() > 10  # crops of the scenes, not padding
     for a, b in zip(batches, _take(make(0), 3)):
         np.testing.assert_array_equal(a["image"], b["image"])
     assert not np.array_equal(batches[0]["image"], next(make(1))["image"])

@@ -68,16 +68,40 @@ def test_sigterm_saves_and_the_run_resumes_where_it_stopped(tiny_data_dir, tmp_p
     assert steps[-3:] == [stopped_at + 1, stopped_at + 2, stopped_at + 2]  # two train lines, one eval line
 
 
+def test_the_step_normalises_the_loaders_uint8_crops_as_the_host_would(tiny_data_dir):
+    """The loader hands uint8 crops; the train step normalises them (here the authors' BGR Caffe-mean input) to the
+    values a host-normalised float batch has, so both give the same step."""
+    from difnet_jax.data import normalization
+
+    config = loop_config(tiny_data_dir)
+    norm = normalization.of_config(config.data)
+    trainer = train.Trainer(config, 21)
+    local = next(iter(pipeline.train_loader(pipeline.source(TINY, "train", tiny_data_dir), global_batch_size=4,
+                                            crop_size=33, normalization=norm)))
+    assert local["image"].dtype == np.uint8
+    metrics = {}
+    for kind, images in (("uint8", local["image"]), ("host-normalised", pipeline.normalize(local["image"], norm))):
+        state = trainer.init(jax.random.PRNGKey(0))
+        _, step_metrics = trainer.train_step(state, trainer.global_batch({**local, "image": images}))
+        metrics[kind] = {k: float(v) for k, v in step_metrics.items()}
+    for key in ("loss", "grad_norm", "pixel_accuracy"):
+        np.testing.assert_allclose(metrics["uint8"][key], metrics["host-normalised"][key], rtol=1e-5, err_msg=key)
+
+
 def _poisoning_global_batch(poison_step):
-    """Trainer.global_batch that puts a NaN in the images of the `poison_step`-th batch."""
+    """Trainer.global_batch that hands the step host-normalised float images (so that the compiled step takes
+    float32, which can hold a NaN; uint8 crops cannot) and puts a NaN in the images of the `poison_step`-th batch."""
+    from difnet_jax.data import normalization
+
     original = train.Trainer.global_batch
     calls = {"n": 0}
 
     def global_batch(self, local_batch):
         calls["n"] += 1
+        images = pipeline.normalize(local_batch["image"], normalization.of_config(self.config.data))
         if calls["n"] == poison_step:
-            local_batch = {**local_batch, "image": np.where(True, np.nan, local_batch["image"]).astype(np.float32)}
-        return original(self, local_batch)
+            images = np.full_like(images, np.nan)
+        return original(self, {**local_batch, "image": images})
 
     return global_batch
 

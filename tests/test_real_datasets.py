@@ -340,6 +340,7 @@ def test_prepare_command_prints_counts_and_disk_space(voc_aug):
                f"--data_dir={data}"]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     assert "train: 6 examples" in result.stdout and "validation: 2 examples" in result.stdout
+    assert "images stored released" in result.stdout
     assert re.search(r"disk: \d+\.\d (B|KiB|MiB)", result.stdout)
 
 

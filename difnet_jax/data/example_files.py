@@ -1,6 +1,7 @@
 """Reading one segmentation example from its image and label files, validated, for a TFDS builder.
 
-Every image is decoded with PIL before it is written; every label is decoded to an
+Every image is decoded with PIL before it is written (and stored as `image_storage` says); every label is decoded
+to an
 (H, W) array of class indices (palette PNGs to their indices, never to colours) and
 checked: values in 0..K-1 or 255, same size as the image. A bad example (corrupt
 image or label file, label value out of range, size mismatch) stops the build with a
@@ -24,6 +25,7 @@ from etils import epath
 from PIL import Image
 
 from difnet_jax.constants import IGNORE_LABEL
+from difnet_jax.data import image_storage
 from difnet_jax.data.builder_base import png_bytes
 
 log = logging.getLogger(__name__)
@@ -128,24 +130,31 @@ def check_same_size(image_size: tuple[int, int], label: np.ndarray, files: Examp
         )
 
 
-def read_example(files: ExampleFiles, num_classes: int) -> dict:
-    """The TFDS example of `files`: image bytes, label PNG bytes of uint8 indices, id."""
+def read_example(files: ExampleFiles, num_classes: int, storage: str = image_storage.RELEASED) -> dict:
+    """The TFDS example of `files`: image bytes, label PNG bytes of uint8 indices, id; stored as `storage` says
+    (`image_storage`)."""
     image, image_size = read_image(files.image)
     label = files.read_label(files.label)
     check_label_values(label, num_classes, files.label)
     check_same_size(image_size, label, files)
-    return {"image": image, "label": png_bytes(label.astype(np.uint8)), "id": files.id}
+    try:
+        image = image_storage.stored_image(image, storage, image_size)
+    except image_storage.StorageError as error:
+        raise BadExampleError(f"{files.image}: cannot be stored {storage} ({error})") from error
+    return {"image": image, "label": image_storage.stored_label(label.astype(np.uint8), storage), "id": files.id}
 
 
-def generate(examples: Sequence[ExampleFiles], num_classes: int, description: str) -> Iterator[tuple[str, dict]]:
-    """Yields (id, example) for TFDS, stopping at a bad example or skipping it (see the module docstring)."""
+def generate(examples: Sequence[ExampleFiles], num_classes: int, description: str,
+             storage: str = image_storage.RELEASED) -> Iterator[tuple[str, dict]]:
+    """Yields (id, example) for TFDS, stopping at a bad example or skipping it (see the module docstring); images
+    and labels stored as `storage` says (`image_storage`)."""
     skip = skip_bad_examples()
     skipped = 0
     for index, files in enumerate(examples):
         if index % 1000 == 0:
             log.info("%s: example %d of %d", description, index, len(examples))
         try:
-            example = read_example(files, num_classes)
+            example = read_example(files, num_classes, storage)
         except BadExampleError as error:
             if not skip:
                 error.add_note(f"Set {SKIP_ENV}=1 to leave bad examples out.")

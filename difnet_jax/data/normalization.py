@@ -60,6 +60,17 @@ class Normalization:
             return cv2.LUT(rows, _table(self.mean, self.std)).reshape(image.shape)
         return (np.asarray(image, np.float32) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
+    def apply_on_device(self, images):
+        """`apply` of uint8 (..., 3) images inside a jitted function: the same 256-entry table, indexed per channel
+        (jnp), so the float32 values are `apply`'s exactly. The train loader hands the step uint8 crops (a quarter of
+        float32's bytes through grain's worker processes and to the device) and the step normalises them here."""
+        import jax.numpy as jnp
+
+        table = jnp.asarray(_table(self.mean, self.std)[0])  # (256, 3)
+        if self.bgr:
+            images = images[..., ::-1]
+        return table[images.astype(jnp.int32), jnp.arange(3)]
+
     def invert(self, images: np.ndarray) -> np.ndarray:
         """Inverse of `apply`: float32 RGB colours on 0..255 (not rounded or clipped), any leading shape."""
         colours = (np.asarray(images, np.float32) * np.asarray(self.std, np.float32)

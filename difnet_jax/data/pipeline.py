@@ -7,7 +7,8 @@ the one evaluator, from `source` and the `pad_to` / `normalize` here.
 
 Decoding: `source`'s records come decoded by TFDS's `Image` feature, which uses OpenCV (`cv2.imdecode`, then
 BGR -> RGB) when it is installed, as it is here (requirements.txt: opencv-python-headless), and PIL otherwise;
-both give the same pixels for the 8-bit PNGs and JPEGs the builders store. The train loader reads the records
+both give the same pixels for the 8-bit PNGs, JPEGs and BMPs the builders store (BMP: images prepared with
+`image_storage` "uncompressed", which skips the decode's cost). The train loader reads the records
 undecoded (`encoded_images`) and `TrainTransform` decodes them with OpenCV itself: the same pixels without
 TFDS's copies (a per-pixel `np.repeat` of every label, BGR -> RGB of the whole image rather than of the crop).
 Importing this module calls `cv2.setNumThreads(0)`: OpenCV then runs every function in the calling thread,
@@ -17,6 +18,7 @@ so grain's worker processes (one per core) do not each start a pool of OpenCV th
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import cv2
 import grain
@@ -27,6 +29,7 @@ from tensorflow_datasets.core.data_sources.base import BaseDataSource
 
 import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax.constants import IGNORE_LABEL
+from difnet_jax.data import image_storage as _storage
 from difnet_jax.data.normalization import IMAGENET, Normalization
 
 cv2.setNumThreads(0)  # see the module's docstring: one thread per grain worker
@@ -46,7 +49,8 @@ def builder_name(data_name: str) -> str:
     return DATASET_NAMES.get(dataset, dataset) + slash + config
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+            image_storage: str | None = None) -> tfds.core.DatasetBuilder:
     """Builds the dataset `name` (a `data.name` or TFDS name) in `data_dir` as array_record unless it is there.
 
     A dataset read from downloaded archives (its builder has MANUAL_DOWNLOAD_INSTRUCTIONS) is built only
@@ -54,20 +58,46 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     in and the prepare command, and nothing is created (`builder.is_prepared()` only reads). Generated
     datasets (synthetic_shapes) build themselves. TFDS's "Downloading and preparing dataset Unknown size"
     print (this project's builders download nothing) is replaced by one log line.
+
+    `image_storage` (`image_storage.STORAGES`; downloaded datasets only): how a build stores the images; a dataset
+    already prepared must record that storage, or ConfigError says what it holds and what to run, and nothing
+    is written. None: whatever is prepared (logged), and "released" for a build.
     """
     builder = tfds.builder(builder_name(name), data_dir=data_dir or None, file_format="array_record")
+    manual = bool(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    if image_storage is not None and not manual and _storage.check(image_storage) != _storage.RELEASED:
+        from difnet_jax.config_errors import ConfigError
+
+        raise ConfigError(f"image_storage={image_storage!r} applies to the downloaded datasets; {name!r} is "
+                          f"generated and stores its images as PNG ({_storage.RELEASED!r})")
     if builder.is_prepared():
+        recorded = _storage.recorded(builder.info.metadata)
+        if image_storage is not None and image_storage != recorded:
+            raise _storage_mismatch(name, builder, image_storage, recorded)
+        if manual:
+            logging.getLogger(__name__).info("%s in %s: images stored %s", name, builder.data_dir, recorded)
         return builder
-    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
+    if manual and not manual_dir:
         from difnet_jax.config_errors import DatasetNotPreparedError
 
         raise DatasetNotPreparedError(_not_prepared_message(name, builder))
-    import logging
-
     logging.getLogger(__name__).info("Preparing %s in %s (once: later runs reuse it)", name, builder.data_dir)
+    if manual:
+        builder = tfds.builder(builder_name(name), data_dir=data_dir or None, file_format="array_record",
+                               image_storage=image_storage or _storage.RELEASED)
     builder._log_download_bytes = builder._log_download_done = lambda: None  # TFDS's own size prints
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
     return builder
+
+
+def _storage_mismatch(name: str, builder: tfds.core.DatasetBuilder, asked: str, recorded: str) -> Exception:
+    from difnet_jax.config_errors import ConfigError
+
+    return ConfigError(
+        f"dataset {name!r} in data_dir {builder.data_dir_root} is prepared with image_storage={recorded!r}, not "
+        f"{asked!r} as asked: read it as it is (--image_storage={recorded}), or prepare {asked} into another data_dir "
+        f"(`python -m experiments.prepare_data --dataset={name} --image_storage={asked} "
+        f"--manual_dir=FOLDER_WITH_ITS_ARCHIVES --data_dir=OTHER_DIR`) or after deleting {builder.data_dir}")
 
 
 def _not_prepared_message(name: str, builder: tfds.core.DatasetBuilder) -> str:
@@ -87,7 +117,7 @@ def source(name: str, split: str, data_dir: str | None = None):
 
 
 def encoded_images(data_source):
-    """`data_source` reading each record's image and label as their stored PNG / JPEG bytes, where it is a TFDS
+    """`data_source` reading each record's image and label as their stored PNG / JPEG / BMP bytes, where it is a TFDS
     source that decodes them (as `source`'s do); any other source as it is. `TrainTransform` decodes bytes."""
     if isinstance(data_source, BaseDataSource) and not data_source.decoders:
         return dataclasses.replace(data_source, decoders={"image": tfds.decode.SkipDecoding(),
@@ -98,7 +128,7 @@ def encoded_images(data_source):
 def _decode(data: bytes, flags: int) -> np.ndarray:
     array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if array is None:
-        raise ValueError(f"a record's image or label ({len(data)} bytes) is not a readable PNG or JPEG")
+        raise ValueError(f"a record's image or label ({len(data)} bytes) is not a readable PNG, JPEG or BMP")
     return array
 
 
@@ -190,13 +220,16 @@ def scaled_crop(image: np.ndarray, label: np.ndarray, scaled_size: tuple[int, in
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform(grain.transforms.RandomMap):
-    """Random scale in [min_scale, max_scale), pad, random crop, random flip, normalise.
+    """Random scale in [min_scale, max_scale), pad, random crop, random flip; uint8 RGB out, normalised on the device.
 
     Draws, in this order: the scale s (uniform), the crop's top and left (uniform over the positions of a
     crop_size window in the image resized to round(s * size) and padded to at least crop_size), and the flip
     (probability 1/2). Only the window is resampled (`scaled_crop`: OpenCV bilinear for the image, nearest for the
-    label); the image is normalised by `normalize`. The element's image and label are arrays (RGB; (H, W) or
-    (H, W, 1)) or their PNG / JPEG bytes (`encoded_images`), decoded here by OpenCV: the image in 8-bit colour,
+    label), padding with `normalization.fill` (the colour nearest to 0 once normalised). The image comes out uint8
+    RGB, not normalised: the train step normalises it on the device (`Normalization.apply_on_device`, the values of
+    `normalize` exactly), so grain's worker processes pass, and the host sends the device, a quarter of float32's
+    bytes. The element's image and label are arrays (RGB; (H, W) or
+    (H, W, 1)) or their PNG / JPEG / BMP bytes (`encoded_images`), decoded here by OpenCV: the image in 8-bit colour,
     its EXIF orientation ignored as TFDS and PIL do, so that it stays on its label's grid.
 
     Until this change the whole image was resized with PIL (BILINEAR, which low-pass filters when downscaling)
@@ -240,14 +273,15 @@ class TrainTransform(grain.transforms.RandomMap):
         image, label = scaled_crop(image, label, (height, width), int(top), int(left), crop, bool(flip), fill)
         if bgr:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-        return {"image": normalize(image, self.normalization), "label": label.astype(np.int32)}
+        return {"image": image, "label": label.astype(np.int32)}
 
 
 def train_loader(
     data_source, *, global_batch_size: int, crop_size: int, scale_range=(0.5, 1.5), seed: int = 0,
     num_workers: int = 0, normalization: Normalization = IMAGENET, scale_step: float = 0.0,
 ) -> grain.DataLoader:
-    """An endless, shuffled loader yielding this host's share of each global batch.
+    """An endless, shuffled loader yielding this host's share of each global batch: 'image' uint8 RGB (B, H, W, 3),
+    normalised by the train step on the device, 'label' int32 (B, H, W).
 
     Its iterator's `get_state()`/`set_state()` let a resumed run see exactly the
     batches it would have seen. A TFDS source is read undecoded (`encoded_images`): `TrainTransform` decodes.
