@@ -63,7 +63,7 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 0, "Images in each generated tr
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to time.")
 _DEPTHS = flags.DEFINE_list("depths", ["18"], "DifNet depths whose train step is timed (the dataset's crop).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Batch size of the loader and the train step.")
-_BATCHES = flags.DEFINE_integer("batches", 8, "Batches timed per worker count.")
+_BATCHES = flags.DEFINE_integer("batches", 16, "Batches timed per worker count.")
 _PER_CORE_IMAGES = flags.DEFINE_integer("per_core_images", 64, "Images timed per way in the per-core comparison, "
                                         "in rounds of 8 that alternate the ways.")
 _PREVIOUS = flags.DEFINE_bool("previous", True, "Also time the transform as it was before issue 23.")

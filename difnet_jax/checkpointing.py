@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # Keys that say where things are or how they are computed, not what is trained: they may change on resume.
 # (backbone_init only seeds a fresh run: a resumed run reads its weights from the checkpoint.)
-RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "data.eval_mode", "data.eval_stride",
-                     "data.eval_size", "model.difnet.diffusion_backend", "model.pdn.impl",
+RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "data.read_threads", "data.eval_mode",
+                     "data.eval_stride", "data.eval_size", "model.difnet.diffusion_backend", "model.pdn.impl",
                      "model.deeplabv3plus.affinity_stats_data_dir", "model.deeplabv3plus.propagation_lambda",
                      "model.deeplabv3plus.propagation_mu", "model.deeplabv3plus.propagation_iterations",
                      "model.backbone_init", "model.verify_backbone_init")

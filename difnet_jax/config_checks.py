@@ -48,6 +48,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "data.scale_step", step, f"0 (any scale in scale_range) or a step in (0, {high - low:g}] between scales")
     require(isinstance(data.num_workers, int) and data.num_workers >= 0, "data.num_workers", data.num_workers,
              "an integer >= 0")
+    read_threads = data.get("read_threads", 2)
+    require(isinstance(read_threads, int) and not isinstance(read_threads, bool) and read_threads >= 1,
+            "data.read_threads", read_threads, "an integer >= 1")
     input_normalization = data.get("normalization", "imagenet")
     normalization.check(input_normalization)
     if model.backbone_init:  # torchvision's weights read RGB normalised by ImageNet's mean and std

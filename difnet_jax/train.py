@@ -306,6 +306,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: S
             loader = pipeline.train_loader(
                 train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
                 scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
+                read_threads=data.get("read_threads", 2),
                 normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0),
             )
             data_iter = iter(loader)

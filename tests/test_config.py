@@ -101,7 +101,7 @@ def test_bad_config_arg_names_the_known_ones(arg, names):
     ("model.name", "difnett"), ("model.depth", 42), ("model.difnet.walks", (1, 1)), ("model.difnet.walks", (0, 6)),
     ("model.dtype", "float16"), ("model.difnet.diffusion_backend", "magic"), ("data.crop_size", 4),
     ("data.scale_range", (1.5, 0.5)), ("train.batch_size", 0), ("train.lr", -1.0), ("train.momentum", 1.0),
-    ("train.optimizer", "adam"), ("data.eval_mode", "tiles"), ("data.eval_stride", 0),
+    ("train.optimizer", "adam"), ("data.eval_mode", "tiles"), ("data.eval_stride", 0), ("data.read_threads", 0),
 ])
 def test_bad_values_name_the_key(key, value):
     config = get_config("difnet18,synthetic")

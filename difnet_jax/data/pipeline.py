@@ -278,10 +278,12 @@ class TrainTransform(grain.transforms.RandomMap):
 
 def train_loader(
     data_source, *, global_batch_size: int, crop_size: int, scale_range=(0.5, 1.5), seed: int = 0,
-    num_workers: int = 0, normalization: Normalization = IMAGENET, scale_step: float = 0.0,
+    num_workers: int = 0, normalization: Normalization = IMAGENET, scale_step: float = 0.0, read_threads: int = 2,
 ) -> grain.DataLoader:
     """An endless, shuffled loader yielding this host's share of each global batch: 'image' uint8 RGB (B, H, W, 3),
-    normalised by the train step on the device, 'label' int32 (B, H, W).
+    normalised by the train step on the device, 'label' int32 (B, H, W). Each loader process reads records ahead
+    with `read_threads` threads, `read_threads` batches in flight (grain's default, 16 threads and 500 records, made
+    the loader up to 2x slower on 2 cores reading local disk: BENCHMARKS.md, I4).
 
     Its iterator's `get_state()`/`set_state()` let a resumed run see exactly the
     batches it would have seen. A TFDS source is read undecoded (`encoded_images`): `TrainTransform` decodes.
@@ -302,4 +304,6 @@ def train_loader(
             grain.transforms.Batch(global_batch_size // num_hosts, drop_remainder=True),
         ],
         worker_count=num_workers,
+        read_options=grain.ReadOptions(num_threads=read_threads,
+                                       prefetch_buffer_size=read_threads * (global_batch_size // num_hosts)),
     )
