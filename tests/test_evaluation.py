@@ -221,9 +221,10 @@ def test_old_config_json_gets_new_keys_from_the_defaults(tiny_workdir, tmp_path)
 
 
 def test_affinity_propagation_heads_in_one_evaluation(tiny_workdir):
-    """--propagate_oracle works for any model (here DifNet): each T is one more head of the same pass."""
+    """--propagate_oracle works for any model (here DifNet, whose seed branch is a head too): each T is one more head
+    of the same pass."""
     result, paths = report.evaluate_workdir(tiny_workdir, propagate_oracle=(1, 3), batch_size=8)
-    assert set(result["heads"]) == {"oracle_T1", "oracle_T3"} and paths[0].endswith("_propagate.json")
+    assert set(result["heads"]) == {"seed", "oracle_T1", "oracle_T3"} and paths[0].endswith("_propagate.json")
     assert all(0.0 <= value <= 1.0 for value in result["heads"].values())
     with pytest.raises(ValueError, match="affinity head.*--propagate_oracle works for every model"):
         report.evaluate_workdir(tiny_workdir, propagate=(1,))
