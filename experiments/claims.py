@@ -40,9 +40,9 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write --out from the fin
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/claims", "Folder of the study's workdirs.")
 _OUT = flags.DEFINE_string("out", os.path.join(cli.PROJECT_ROOT, "docs", "results", "claims.md"),
                            "The claims table written at the end.")
-_BETA_PER_WEIGHTING = flags.DEFINE_bool("beta_per_weighting", False,
-                                        "Select Dilated Affinity's beta for each weighting scheme (DA Table 1), "
-                                        "not the sqrt scheme's for all four.")
+_BETA_PER_WEIGHTING = flags.DEFINE_bool("beta_per_weighting", True,
+                                        "Select Dilated Affinity's beta for each weighting scheme, as DA Table 1 "
+                                        "does; --nobeta_per_weighting: the sqrt scheme's for all four.")
 
 
 def _command() -> str:
@@ -52,8 +52,8 @@ def _command() -> str:
         parts.append(f"--only={','.join(_ONLY.value)}")
     if _RUNS_DIR.value != "runs/claims":
         parts.append(f"--runs_dir={_RUNS_DIR.value}")
-    if _BETA_PER_WEIGHTING.value:
-        parts.append("--beta_per_weighting")
+    if not _BETA_PER_WEIGHTING.value:
+        parts.append("--nobeta_per_weighting")
     return " ".join(parts)
 
 

@@ -97,9 +97,13 @@ def test_the_study_covers_every_claim_of_the_issue_with_runnable_configs():
         assert set(claims.HELD_OUT) <= set((beta.run(value) if value in beta.values else llw.run(value)).overrides)
     pdns = {pdn(v) for v in ("8nb_1m", "24nb_1m", "24nb_2m")}
     assert {r.name for r in runs.values() if "pdn_layer_loss_weight" in r.sweeps} == pdns
-    assert {r.name for r in runs.values() if "da_beta" in r.sweeps} == {da(w) for w in claims.WEIGHTINGS}
-    per_weighting = claims.study(beta_per_weighting=True).runs.values()
-    assert {r.name for r in per_weighting if "da_beta" in r.sweeps} == {da("sqrt")}
+    # each weighting scheme's beta from its own sweep, as DA Table 1's (the neighbor scheme's two decades lower too)
+    assert {r.name for r in runs.values() if "da_beta" in r.sweeps} == {da("sqrt")}
+    assert {w: study.sweeps[f"da_beta_{w}"].values for w in ("none", "signal", "neighbor")} == {
+        "none": beta.values, "signal": beta.values, "neighbor": (0.03, 0.1) + beta.values}
+    assert runs[da("neighbor")].sweeps == ("da_beta_neighbor",)
+    shared = claims.study(beta_per_weighting=False).runs.values()
+    assert {r.name for r in shared if "da_beta" in r.sweeps} == {da(w) for w in claims.WEIGHTINGS}
     # every run and sweep run is a config the project accepts
     for run in [*runs.values(), *[s.run(s.values[0]) for s in claims.study(True).sweeps.values()]]:
         job = claims.make_job(run, 0, 10, "/r", {s: study.sweeps.get(s, beta).values[0] for s in run.sweeps},
@@ -115,7 +119,8 @@ def test_the_commands_set_the_planned_values(monkeypatch):
     selected = {name: sweep.values[1] for name, sweep in study.sweeps.items()}
     jobs = plan.all_jobs() + [claims.make_job(run, 1, 30, "/runs", selected, plan.short) for run in study.runs.values()]
     jobs = [job for job in jobs if job.workdir]
-    assert len(jobs) == 3 * 5 + 7 * 2 + 14  # 5 sweeps; 7 runs need no sweep; every run at a selected value
+    # 5 sweeps, neighbor's of 5 values, the others' of 3; 7 runs need no sweep; every run at a selected value
+    assert len(jobs) == 3 * 4 + len(claims.NEIGHBOR_BETAS) + 7 * 2 + 14
     for job in jobs:
         values = flags.FlagValues()
         config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
