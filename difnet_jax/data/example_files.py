@@ -1,8 +1,7 @@
 """Reading one segmentation example from its image and label files, validated, for a TFDS builder.
 
 Every image is decoded with PIL before it is written (and stored as `image_storage` says); every label is decoded
-to an
-(H, W) array of class indices (palette PNGs to their indices, never to colours) and
+to an (H, W) array of class indices (palette PNGs to their indices, never to colours) and
 checked: values in 0..K-1 or 255, same size as the image. A bad example (corrupt
 image or label file, label value out of range, size mismatch) stops the build with a
 `BadExampleError` naming the file, unless the environment variable
