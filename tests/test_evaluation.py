@@ -126,6 +126,16 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
                               eval_size=97, force=True)
 
 
+def test_transition_spread_is_one_node_for_the_identity_and_all_for_uniform():
+    grid, cells = (3, 4), [(2, 3), (3, 4)]
+    same = np.zeros((1, 2, 12, 5), np.float32)  # Psi = 0: P uniform over the 12 nodes
+    apart = np.zeros((1, 2, 12, 12), np.float32)
+    apart[0, :, np.arange(12), np.arange(12)] = 30.0  # orthogonal, long: P = the identity (to e^-900)
+    (uniform,), (identity,) = (difnet_mechanism.transition_spread(p, cells, grid, ["image"]) for p in (same, apart))
+    np.testing.assert_allclose([uniform["row_max"], uniform["effective_nodes"]], [1 / 12, 12], rtol=1e-5)
+    np.testing.assert_allclose([identity["row_max"], identity["effective_nodes"]], [1, 1], rtol=1e-5)
+
+
 def test_mechanism_study_writes_valid_figures_and_tables(tiny_run, tmp_path):
     result = difnet_mechanism.run_study(tiny_run, num_images=2, num_nodes=3, timing_size=33, timing_runs=2,
                                  output_dir=str(tmp_path))
@@ -144,6 +154,9 @@ def test_mechanism_study_writes_valid_figures_and_tables(tiny_run, tmp_path):
     table3 = json.load(open(tmp_path / "table3_mu_beta.json"))["walks"]
     assert [r["tap"] for r in table3] == ["image", "layer1", "layer2", "layer3", "layer4"]
     assert all(0.0 < r["mu"] < 1.0 and 0.0 < r["beta"] < 1.0 for r in table3)
+    spread = json.load(open(tmp_path / "transition_spread.json"))["walks"]
+    assert spread == result["transition_spread"] and [r["tap"] for r in spread] == [r["tap"] for r in table3]
+    assert all(0.0 < r["row_max"] <= 1.0 and 1.0 <= r["effective_nodes"] <= 169 for r in spread)
     table4 = json.load(open(tmp_path / "table4_timing.json"))
     assert table4["size"] == 33 and table4["device"]
     assert len(table4["rows"]) == 5 and all(r["median_s"] > 0 for r in table4["rows"])

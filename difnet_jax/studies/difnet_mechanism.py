@@ -6,6 +6,8 @@
   (`diffusion.transition_matrix`), reshaped to the seed grid (Fig. 3).
 - `select_nodes`: nodes deep inside regions of different ground-truth classes.
 - `mu_beta_table`: the learned mu_t, beta_t (Table 3).
+- `transition_spread`: how far each walk spreads a node's scores: the mean over the images' own nodes of the
+  row maximum of P_t and of the row's effective number of nodes, exp(entropy) (1: P_t is the identity; N: uniform).
 - `seed_branch`, `similarity_branch`, `diffusion_branch`: DifNet's forward pass cut
   into its three parts (the model's own methods, `apply(..., method=...)`), with the
   trained variables, for `time_branches` (Table 4),
@@ -74,6 +76,31 @@ def transition_rows(psis: jax.Array, nodes: Sequence[tuple[int, int]], grid: tup
     index = np.asarray([y * grid[1] + x for y, x in nodes])
     rows = [np.asarray(diffusion.transition_matrix(psi[None])[0, index]) for psi in psis]
     return np.stack(rows, axis=1).reshape(len(nodes), len(psis), *grid)
+
+
+def transition_spread(psis: np.ndarray, cells: Sequence[tuple[int, int]], grid: tuple[int, int],
+                      taps: Sequence[str]) -> list[dict[str, Any]]:
+    """Per walk t: {'walk', 'tap', 'row_max', 'effective_nodes'}, means over the nodes inside each image's own
+    `cells` (rows, cols) of max_j P_t[i, j] and exp(-sum_j P_t[i, j] log P_t[i, j]); psis (T, B, N, C)."""
+    rows = []
+    for t, tap in enumerate(taps):
+        transitions = np.asarray(diffusion.transition_matrix(jnp.asarray(psis[t])), np.float64)  # (B, N, N)
+        peaks, spreads = [], []
+        for b, (height, width) in enumerate(cells):
+            own = (np.arange(grid[0])[:, None] < height) & (np.arange(grid[1])[None, :] < width)
+            p = transitions[b][own.reshape(-1)]
+            peaks.append(p.max(-1))
+            spreads.append(np.exp(-(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)))
+        rows.append({"walk": t + 1, "tap": tap, "row_max": float(np.concatenate(peaks).mean()),
+                     "effective_nodes": float(np.concatenate(spreads).mean())})
+    return rows
+
+
+def transition_spread_markdown(rows: Sequence[dict[str, Any]], num_nodes: int) -> str:
+    lines = ["| walk | tap | mean row max of P_t | mean effective nodes exp(H) |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| RW{r['walk']} | {r['tap']} | {r['row_max']:.3f} | {r['effective_nodes']:.2f} |" for r in rows]
+    note = f"Out of {num_nodes} nodes of the seed grid (1: no diffusion; {num_nodes}: uniform)."
+    return "\n".join(lines) + f"\n\n{note}\n"
 
 
 def label_grid(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -281,6 +308,10 @@ def run_study(run, *, num_images: int = 4, nodes: Sequence[tuple[int, int]] | No
     table3 = mu_beta_table(run.state.params, model.walks)
     paths += _write_table(output_dir, "table3_mu_beta", {"step": run.step, "walks": table3},
                           f"# Table 3: learned mu_t and beta_t (step {run.step})\n\n" + mu_beta_markdown(table3))
+    spread = transition_spread(data["psis"], cells, grid, walk_names)
+    paths += _write_table(output_dir, "transition_spread", {"step": run.step, "walks": spread},
+                          f"# How far each walk spreads (step {run.step}, {count} images)\n\n"
+                          + transition_spread_markdown(spread, grid[0] * grid[1]))
     table4 = None
     if not skip_timing:
         device = timing.device_description()
@@ -288,7 +319,8 @@ def run_study(run, *, num_images: int = 4, nodes: Sequence[tuple[int, int]] | No
         paths += _write_table(output_dir, "table4_timing", {"device": device, "size": timing_size, "rows": table4},
                               "# Table 4: inference time\n\n" + timing_markdown(table4, device, timing_size))
     log.info("Mechanism study written to %s", output_dir)
-    return {"paths": paths, "nodes": chosen_nodes, "transition_rows": all_rows, "mu_beta": table3, "timing": table4}
+    return {"paths": paths, "nodes": chosen_nodes, "transition_rows": all_rows, "mu_beta": table3,
+            "transition_spread": spread, "timing": table4}
 
 
 def _write_table(directory: str, name: str, data: dict[str, Any], markdown: str) -> list[str]:
