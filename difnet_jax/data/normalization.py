@@ -17,6 +17,7 @@ import dataclasses
 import functools
 
 import cv2
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -64,8 +65,6 @@ class Normalization:
         """`apply` of uint8 (..., 3) images inside a jitted function: the same 256-entry table, indexed per channel
         (jnp), so the float32 values are `apply`'s exactly. The train loader hands the step uint8 crops (a quarter of
         float32's bytes through grain's worker processes and to the device) and the step normalises them here."""
-        import jax.numpy as jnp
-
         table = jnp.asarray(_table(self.mean, self.std)[0])  # (256, 3)
         if self.bgr:
             images = images[..., ::-1]
