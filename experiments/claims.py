@@ -2,7 +2,7 @@
 `difnet_jax.studies.claims` (the claims, their runs and protocols, and how each is judged).
 
   python -m experiments.claims --dry_run                  # the runs and the estimated CPU time; nothing started
-  python -m experiments.claims                            # every claim, 3 seeds (about 2.7 h on 2 cores)
+  python -m experiments.claims                            # every claim, 3 seeds (about 3.3 h on 2 cores)
   python -m experiments.claims --only=difnet_vs_simdeeplab,walks --seeds=2
   python -m experiments.claims --report_only              # rewrite claims.md from the runs finished so far
 

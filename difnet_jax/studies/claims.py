@@ -1,7 +1,7 @@
 """Each paper's claims, in direction, on the embedded data (DESIGN.md section 7; issue 21): the study's table, which
 runs it needs, which are finished, and how each claim is judged.
 
-  python -m experiments.claims                   # every claim, 3 seeds (400 steps tuning, 1,000 from scratch): 2.7 h
+  python -m experiments.claims                   # every claim, 3 seeds (400 steps tuning, 1,000 from scratch): 3.3 h
   python -m experiments.claims --dry_run         # the runs and the estimated CPU time, nothing started
 
 `CLAIMS` (built by `study`) lists the claims of issue 21's table; each is a list of `Comparison`s, "a > b" between

@@ -76,9 +76,10 @@ def module_statistics(run, canvases: np.ndarray, sizes) -> dict[str, dict[str, A
         maps = np.asarray(maps, np.float32)
         return [maps[i, :rows, :cols] for i, (rows, cols) in enumerate(cells)]
 
-    def spatial_std(maps) -> float:
-        return float(np.mean([m.std(axis=(0, 1)).mean() for m in per_image(maps)]))
+    def image_mean(maps: list[np.ndarray], statistic) -> float:
+        return float(np.mean([statistic(m) for m in maps]))
 
+    spatial_std = lambda m: m.std(axis=(0, 1)).mean()  # noqa: E731
     statistics = {}
     for name, block in state["intermediates"].items():
         if not name.startswith("diffusion_"):
@@ -87,12 +88,13 @@ def module_statistics(run, canvases: np.ndarray, sizes) -> dict[str, dict[str, A
         layers = []
         for t in range(1, sum(key.startswith("layer") for key in block["module"]) + 1):
             hidden, memory = block["module"][f"layer{t}"]["__call__"][0]
-            layers.append({"spatial_std": spatial_std(hidden[0]),
-                           "mean_abs": float(np.mean([np.abs(m).mean() for m in per_image(hidden[0])])),
-                           "memory_mean_abs": float(np.mean([np.abs(m[..., 0]).mean() for m in per_image(memory)]))})
+            depth = per_image(hidden[0])
+            layers.append({"spatial_std": image_mean(depth, spatial_std),
+                           "mean_abs": image_mean(depth, lambda m: np.abs(m).mean()),
+                           "memory_mean_abs": image_mean(per_image(memory), lambda m: np.abs(m[..., 0]).mean())})
         statistics[name] = {
-            "input_offset": float(np.mean([np.abs(m.mean(axis=(0, 1))).mean() for m in reduced])),
-            "input_spatial_std": float(np.mean([m.std(axis=(0, 1)).mean() for m in reduced])),
+            "input_offset": image_mean(reduced, lambda m: np.abs(m.mean(axis=(0, 1))).mean()),
+            "input_spatial_std": image_mean(reduced, spatial_std),
             "layers": layers,
         }
     return statistics
