@@ -11,6 +11,7 @@ from difnet_jax.config_errors import ConfigError, positive_int, require  # noqa:
 from difnet_jax.constants import COMPUTE_DTYPES, EVAL_MODES
 from difnet_jax.data import normalization
 from difnet_jax.models import FAMILIES
+from difnet_jax.models.resize import LOGITS_UPSAMPLING
 from difnet_jax.models.resnet import LAYOUTS, STAGE_SIZES
 
 
@@ -29,6 +30,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     require(model.dtype in COMPUTE_DTYPES, "model.dtype", model.dtype, f"one of {tuple(COMPUTE_DTYPES)}")
     require(model.get("resnet_layout", "torchvision") in LAYOUTS, "model.resnet_layout", model.get("resnet_layout"),
             f"one of {LAYOUTS}")
+    require(model.get("logits_upsampling", "align_corners") in LOGITS_UPSAMPLING, "model.logits_upsampling",
+            model.get("logits_upsampling"), f"one of {tuple(LOGITS_UPSAMPLING)}")
     if not isinstance(model.get(model.name), ml_collections.ConfigDict):
         raise ConfigError(f"config.model.{model.name} is missing: the keys of the {model.name!r} family live there "
                           "(pick a variant of that family rather than overriding model.name)")

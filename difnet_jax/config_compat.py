@@ -33,6 +33,7 @@ LEGACY_KEYS = {
 # a family's keys only in that family's runs).
 AS_RAN = {
     "model.resnet_layout": "torchvision",
+    "model.logits_upsampling": "align_corners",
     "data.normalization": "imagenet",
 }
 

@@ -382,10 +382,11 @@ def test_short_training_lowers_every_loss_term(tiny_variables):
 def test_family_defaults_check_build_backbones_and_extra_predictions():
     cfg = _model_cfg()
     assert dict(pdn.defaults()) == {"neighbors": 24, "modules": 1, "d": 256, "layer_loss_weight": 1.0,
-                                    "impl": "patches"}
+                                    "impl": "patches", "init": "caffe_std", "reduction": "conv"}
     pdn.check(cfg)
     for key, bad in (("neighbors", 12), ("neighbors", 0), ("modules", 3), ("d", 0), ("d", 2.5),
-                     ("layer_loss_weight", -1.0), ("layer_loss_weight", True), ("impl", "fft")):
+                     ("layer_loss_weight", -1.0), ("layer_loss_weight", True), ("impl", "fft"), ("init", "xavier"),
+                     ("reduction", "bn")):
         broken = _model_cfg()
         broken.pdn = ml_collections.ConfigDict({**pdn.defaults().to_dict(), key: bad})
         with pytest.raises(ConfigError, match=f"model.pdn.{key}"):
@@ -393,8 +394,11 @@ def test_family_defaults_check_build_backbones_and_extra_predictions():
     # read once per config value (check, build and loss share it); a config saved before `impl` reads "patches"
     assert pdn.settings(cfg) is pdn.settings(ml_collections.ConfigDict(cfg.to_dict()))
     old = ml_collections.ConfigDict(cfg.to_dict())
-    del old.pdn["impl"]
-    assert pdn.settings(old) == pdn.Settings(24, 1, 256, 1.0, "patches") and pdn.build(old, 5).impl == "patches"
+    for key in ("impl", "init", "reduction"):
+        del old.pdn[key]
+    assert pdn.settings(old) == pdn.Settings(24, 1, 256, 1.0, "patches", "caffe_std", "conv")
+    built = pdn.build(old, 5)
+    assert (built.impl, built.init_std, built.reduction) == ("patches", 0.01, "conv")
     cfg.pdn.update(neighbors=8, modules=2, d=16, impl="conv")
     model = pdn.build(cfg, 5)
     assert (model.neighbors, model.num_modules, model.d, model.depth, model.width) == (8, 2, 16, 18, 4)
@@ -409,6 +413,38 @@ def test_family_defaults_check_build_backbones_and_extra_predictions():
     extra = pdn.extra_predictions({"score_map": layers[0], "layer_logits": layers})
     assert list(extra) == [f"layer{t}" for t in range(1, 9)]
     assert all(float(extra[f"layer{t}"][0, 0, 0, 0]) == t - 1 for t in range(1, 9))
+
+
+@pytest.mark.parametrize("reading,std", [("caffe_std", 0.01), ("literal_variance", 0.1)])
+def test_both_readings_of_the_init_give_their_std(reading, std):
+    """Sec. 4's "Gaussian ... with the mean 0 and the variance 0.01": the diffusion layers' weights have the reading's
+    empirical std (and mean 0), through the config key and the family's build; biases start at 0."""
+    cfg = _model_cfg()
+    cfg.pdn.update(init=reading, d=64)
+    model = pdn.build(cfg, 5)
+    assert model.init_std == std
+    module = pdn.DiffusionModule(24, 4, init_std=model.init_std)
+    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 3, 64)))["params"]
+    weights = np.concatenate([np.ravel(v) for layer in params.values() for k, v in layer.items() if "bias" not in k])
+    biases = np.concatenate([np.ravel(v) for layer in params.values() for k, v in layer.items() if "bias" in k])
+    assert weights.size == 1200 * 64  # Table 1's 1200d weights
+    assert abs(weights.std() / std - 1) < 0.02 and abs(weights.mean()) < 0.02 * std
+    assert not biases.any()
+
+
+def test_normalised_reduction_is_an_option_that_centres_the_module_input():
+    """model.pdn.reduction=conv_bn (a labelled option, not the paper's) puts BatchNorm after the 1x1 reduction: in
+    training the module's input has zero mean per channel even when the features are post-ReLU (all positive)."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 5, 8)) + 1.0  # positive, like post-ReLU features
+    for reduction, centred in (("conv", False), ("conv_bn", True)):
+        block = pdn.DiffusionBlock(3, neighbors=8, d=6, num_layers=1, reduction=reduction)
+        variables = block.init(jax.random.PRNGKey(1), x, train=False)
+        assert ("reduce_bn" in variables["params"]) == centred
+        _, state = block.apply(variables, x, train=True, capture_intermediates=True,
+                               mutable=["intermediates", "batch_stats"])
+        inputs = state["intermediates"]["reduce_bn" if centred else "reduce"]["__call__"][0]
+        offset = float(np.abs(np.asarray(inputs).mean(axis=(0, 1, 2))).max())
+        assert (offset < 1e-4) == centred
 
 
 # --- valid receptive field --------------------------------------------------------------------------------

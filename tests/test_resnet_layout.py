@@ -263,3 +263,53 @@ def test_config_checks_name_the_new_keys(tmp_path):
     with pytest.raises(ConfigError, match="config.data.normalization='caffe_bgr' is invalid: expected 'imagenet' "
                                           "with model.backbone_init="):
         check_config(config)
+
+
+def test_authors_upsampling_is_pytorchs_half_pixel_bilinear():
+    """The authors' main.py upsamples the logits with F.interpolate(..., align_corners=False): PyTorch's values on
+    2 -> 4 and 5 -> 2 (source (i + 0.5) * in / out - 0.5, clamped at 0), and jax.image.resize's half-pixel bilinear
+    when upsampling; align_corners=True keeps DeepLab's corners."""
+    from difnet_jax.models.resize import resize_bilinear
+
+    column = lambda values: jnp.asarray(values, jnp.float32).reshape(1, -1, 1, 1)  # noqa: E731
+    np.testing.assert_allclose(resize_bilinear(column([0.0, 4.0]), (4, 1), align_corners=False).ravel(),
+                               [0.0, 1.0, 3.0, 4.0])
+    np.testing.assert_allclose(resize_bilinear(column(np.arange(5.0)), (2, 1), align_corners=False).ravel(),
+                               [0.75, 3.25])
+    np.testing.assert_allclose(resize_bilinear(column([0.0, 4.0]), (4, 1)).ravel(), [0.0, 4 / 3, 8 / 3, 4.0],
+                               rtol=1e-6)
+    x = jax.random.normal(KEY, (2, 11, 7, 3))
+    np.testing.assert_allclose(resize_bilinear(x, (81, 49), align_corners=False),
+                               jax.image.resize(x, (2, 81, 49, 3), "bilinear", antialias=False), atol=1e-5)
+
+
+def test_the_authors_network_variants_upsample_as_the_authors_and_old_runs_load_as_they_ran(tmp_path):
+    """difnet*/simdeeplab* run the authors' network, so their logits use half-pixel centres; fine-tuning from
+    torchvision's weights (and every other family) keeps aligned corners; a config.json saved before the key
+    ran with aligned corners and loads so; the Sim-DeepLab forward really upsamples that way."""
+    for arg, upsampling in (("difnet18,synthetic", "half_pixel"), ("simdeeplab18,synthetic", "half_pixel"),
+                            ("difnet18,synthetic,pretrained", "align_corners"),
+                            ("pdn18_24nb_1m,synthetic,pretrained", "align_corners"), ("difnet18", "half_pixel")):
+        config = voc.get_config(arg)
+        assert config.model.logits_upsampling == upsampling, arg
+        model = build_model(config.model, 5)
+        if config.model.name in ("difnet", "simdeeplab"):
+            assert model.align_corners == (upsampling == "align_corners"), arg
+    config = voc.get_config("simdeeplab18,synthetic")
+    config.model.width = 4
+    model = build_model(config.model, 5)
+    x = jax.random.normal(KEY, (1, 33, 33, 3))
+    variables = model.init(KEY, x, train=False)
+    logits, intermediates = model.apply(variables, x, train=False)
+    from difnet_jax.models.resize import resize_bilinear
+    np.testing.assert_allclose(logits, resize_bilinear(intermediates["score_map"], (33, 33), align_corners=False),
+                               atol=1e-5)
+    saved = json.loads(voc.get_config("difnet18,synthetic").to_json_best_effort())
+    del saved["model"]["logits_upsampling"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = trained_run.load_config(str(tmp_path))
+    assert loaded.model.logits_upsampling == "align_corners"
+    assert build_model(loaded.model, 5).align_corners
+    config.model.logits_upsampling = "nearest"
+    with pytest.raises(ConfigError, match="config.model.logits_upsampling='nearest'"):
+        check_config(config)

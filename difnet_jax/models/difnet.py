@@ -29,7 +29,7 @@ from difnet_jax.config_errors import positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES, OUTPUT_STRIDE
 from difnet_jax.models import affinity, diffusion, family
 from difnet_jax.models.aspp import ASPP, class_conv
-from difnet_jax.models.resize import resize_bilinear
+from difnet_jax.models.resize import LOGITS_UPSAMPLING, resize_bilinear
 from difnet_jax.models.resnet import ResNet
 
 ALL_WALKS = (1, 2, 3, 4, 5)  # 1: the input image, 2..5: layer1..layer4 of the similarity branch
@@ -116,6 +116,9 @@ class DifNet(nn.Module):
     bn_momentum: float = 0.9
     frozen_bn_backbones: Sequence[str] = ()
     resnet_layout: str = "torchvision"  # or "difnet_authors" (resnet.py), both backbones
+    # False: half-pixel centres, as the authors' main.py upsamples the logits for the loss and the evaluation
+    # (F.interpolate(..., align_corners=False)); True: DeepLab's aligned corners (resize.py)
+    align_corners: bool = True
 
     def setup(self):
         if not self.walks or any(w not in ALL_WALKS for w in self.walks) or len(set(self.walks)) != len(self.walks):
@@ -162,7 +165,7 @@ class DifNet(nn.Module):
         seeds = self.seed_branch(images, train=train)
         psis = self.similarity_branch(images, train=train)
         y, steps = self.diffuse(seeds["seed"], psis)
-        logits = resize_bilinear(y, images.shape[1:3])
+        logits = resize_bilinear(y, images.shape[1:3], self.align_corners)
         return logits, {
             **seeds,
             "psis": tuple(psis),
@@ -291,4 +294,5 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> DifNet:
         walks=tuple(own.walks), psi_channels=own.psi_channels, diffusion_backend=own.diffusion_backend,
         dtype=COMPUTE_DTYPES[model.dtype], frozen_bn_backbones=family.frozen_bn_backbones(model, backbones(model)),
         resnet_layout=model.get("resnet_layout", "torchvision"),
+        align_corners=LOGITS_UPSAMPLING[model.get("logits_upsampling", "align_corners")],
     )

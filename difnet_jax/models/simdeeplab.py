@@ -1,7 +1,9 @@
 """Sim-DeepLab: the DifNet paper's baseline, DeepLabV2 without CRF.
 
 Atrous ResNet (output stride 8) + ASPP, class scores upsampled bilinearly to the
-input size. Same interface as DifNet: `(logits, intermediates)`.
+input size (`model.logits_upsampling`: aligned corners, or half-pixel centres as the DifNet
+authors' `main.py` upsamples, the default of their network's variants). Same interface as
+DifNet: `(logits, intermediates)`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ml_collections
 from difnet_jax.constants import COMPUTE_DTYPES
 from difnet_jax.models import family
 from difnet_jax.models.aspp import ASPP
-from difnet_jax.models.resize import resize_bilinear
+from difnet_jax.models.resize import LOGITS_UPSAMPLING, resize_bilinear
 from difnet_jax.models.resnet import ResNet
 
 
@@ -30,6 +32,7 @@ class SimDeepLab(nn.Module):
     dtype: Any = jnp.float32
     frozen_bn: bool = False  # the backbone's BatchNorm uses and keeps its running statistics
     resnet_layout: str = "torchvision"  # or "difnet_authors" (resnet.py)
+    align_corners: bool = True  # False: the DifNet authors' upsampling of the logits (resize.py)
 
     @nn.compact
     def __call__(self, images, *, train: bool):
@@ -37,7 +40,7 @@ class SimDeepLab(nn.Module):
                           layout=self.resnet_layout, name="backbone")
         features = backbone(images, train=train)
         score_map = ASPP(self.num_classes, self.aspp_rates, dtype=self.dtype, name="aspp")(features["layer4"])
-        logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3])
+        logits = resize_bilinear(score_map.astype(jnp.float32), images.shape[1:3], self.align_corners)
         return logits, {"score_map": score_map}
 
 
@@ -62,4 +65,5 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> SimDeepLab:
         num_classes, depth=model.depth, width=model.width, aspp_rates=tuple(model.aspp_rates),
         dtype=COMPUTE_DTYPES[model.dtype], frozen_bn=bool(family.frozen_bn_backbones(model, SimDeepLab.backbones)),
         resnet_layout=model.get("resnet_layout", "torchvision"),
+        align_corners=LOGITS_UPSAMPLING[model.get("logits_upsampling", "align_corners")],
     )

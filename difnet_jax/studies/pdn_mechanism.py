@@ -84,7 +84,8 @@ def module_statistics(run, canvases: np.ndarray, sizes) -> dict[str, dict[str, A
     for name, block in state["intermediates"].items():
         if not name.startswith("diffusion_"):
             continue
-        reduced = per_image(block["reduce"]["__call__"][0])
+        # the module's input: the 1x1 reduction, or its BatchNorm under model.pdn.reduction=conv_bn
+        reduced = per_image(block.get("reduce_bn", block["reduce"])["__call__"][0])
         layers = []
         for t in range(1, sum(key.startswith("layer") for key in block["module"]) + 1):
             hidden, memory = block["module"][f"layer{t}"]["__call__"][0]

@@ -176,6 +176,7 @@ def get_config(arg: str, dataset: Dataset) -> ml_collections.ConfigDict:
                 variants.set_key(config, key, value)
     # imagenet (RGB, ImageNet mean/std) | caffe_bgr (the DifNet authors' input): what the ResNet's layout reads
     data.normalization = variants.LAYOUT_INPUT[model.resnet_layout]
+    model.logits_upsampling = variants.LAYOUT_UPSAMPLING[model.resnet_layout]
     own = model[model.name]
     if "affinity_stats_dataset" in own:  # the statistics of this run's train split, whatever --config.data.* says
         own.affinity_stats_dataset = data.get_ref("name")

@@ -24,6 +24,9 @@ PAPER_AFFINITY_RATES = affinity.BEST_RATES  # pixels; (12, 24) means both (12, 2
 AUTHORS_NETWORK = {"resnet_layout": "difnet_authors"}
 # config.model.resnet_layout -> the config.data.normalization that network reads.
 LAYOUT_INPUT = {"torchvision": "imagenet", "difnet_authors": "caffe_bgr"}
+# config.model.resnet_layout -> config.model.logits_upsampling: the authors' main.py upsamples the logits with
+# F.interpolate(..., align_corners=False) for the loss and the evaluation (models/resize.py); DeepLab aligns corners.
+LAYOUT_UPSAMPLING = {"torchvision": "align_corners", "difnet_authors": "half_pixel"}
 
 DEEPLABV3PLUS_MULTI_GRID = {18: {"deeplabv3plus.multi_grid": (1, 2)}}  # depth -> override (default (1, 2, 4))
 
@@ -117,6 +120,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
     model.verify_backbone_init = True  # compare the imported ResNet with a reference forward pass at start
     model.frozen_backbone_bn = False  # pretrained backbones: BatchNorm statistics and affine parameters fixed
     model.resnet_layout = "torchvision"  # or "difnet_authors" (the DifNet authors' ResNet: models/resnet.py)
+    model.logits_upsampling = "align_corners"  # or "half_pixel": how the final logits reach the image (resize.py)
     model[family] = FAMILIES[family].defaults()
     for key, value in overrides.items():
         set_key(model, key, value)
