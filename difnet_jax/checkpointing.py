@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "da
                      "data.eval_stride", "data.eval_size", "model.difnet.diffusion_backend", "model.pdn.impl",
                      "model.deeplabv3plus.affinity_stats_data_dir", "model.deeplabv3plus.propagation_lambda",
                      "model.deeplabv3plus.propagation_mu", "model.deeplabv3plus.propagation_iterations",
+                     "model.deeplabv3plus.propagation_self_term",
                      "model.backbone_init", "model.verify_backbone_init")
 
 

@@ -5,6 +5,8 @@
   python -m experiments.evaluate --workdir=runs/simdeeplab18_synthetic --crf
   python -m experiments.evaluate --workdir=runs/city50 --mode=sliding --stride=513
   python -m experiments.evaluate --workdir=runs/dl3p18_affinity --propagate=1,3,6,10 --propagate_oracle=1,3,10
+  python -m experiments.evaluate --workdir=runs/dl3p18_affinity --propagate=1,3,10 --propagate_lambda=6,24,100 \
+      --propagate_self_term=current,original
 
 The run's config comes from WORKDIR/config.json unless --config is given. Writes
 WORKDIR/eval_<split>_step<N>[_whole|_sliding][_ms][_flip][_crf][_propagate].{json,md} (and _predictions.npz
@@ -37,6 +39,14 @@ _PROPAGATE = cli.define_number_list("propagate", "", "Iteration counts T of affi
 _PROPAGATE_ORACLE = cli.define_number_list("propagate_oracle", "", "Iteration counts T of propagation with the "
                                            "ground-truth affinity (the paper's oracle; any model), e.g. 1,3,6,10.",
                                            int)
+_PROPAGATE_LAMBDA = cli.define_number_list("propagate_lambda", "", "Eq. 6's lambdas to sweep (numbers >= 0), e.g. "
+                                           "6,24,100: one head per T, lambda and self term, named "
+                                           "propagate_T<T>_lam<lambda>_<self term>; default "
+                                           "model.deeplabv3plus.propagation_lambda.", positive=False)
+_PROPAGATE_SELF_TERM = flags.DEFINE_list("propagate_self_term", [], "Eq. 6's self terms to sweep: current (on the "
+                                         "current iterate) and/or original (on the original prediction each "
+                                         "iteration), e.g. current,original; default "
+                                         "model.deeplabv3plus.propagation_self_term.")
 _STRIDE = flags.DEFINE_integer("stride", None, "Pixels between sliding windows; default config.data.eval_stride.")
 _CRF = flags.DEFINE_bool("crf", False, "Dense-CRF post-processing (Sim-DeepLab + CRF of Table 1).")
 _CRF_ITERATIONS = flags.DEFINE_integer("crf_iterations", 10, "Mean-field iterations of the dense CRF.")
@@ -61,6 +71,7 @@ def main():
         _WORKDIR.value, config=config, step=_STEP.value, split=_SPLIT.value,
         scales=[float(s) for s in _SCALES.value], flip=_FLIP.value, mode=_MODE.value, stride=_STRIDE.value,
         propagate=[int(t) for t in _PROPAGATE.value], propagate_oracle=[int(t) for t in _PROPAGATE_ORACLE.value],
+        propagate_lambda=_PROPAGATE_LAMBDA.value, propagate_self_term=_PROPAGATE_SELF_TERM.value,
         crf_params=crf_params,
         save_predictions_npz=_SAVE_PREDICTIONS.value, batch_size=_BATCH_SIZE.value, log_every=_LOG_EVERY.value,
         output_dir=_OUTPUT_DIR.value,

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import checkpointing, timing, trained_run
+from difnet_jax.config_errors import ArgumentError
 from difnet_jax.data import pipeline
 from difnet_jax.data.normalization import IMAGENET, Normalization
 from difnet_jax.evaluation import crf, metrics
@@ -72,9 +73,34 @@ def crf_postprocess(params: crf.CRFParams, normalization: Normalization = IMAGEN
 
 
 
+def check_propagation_sweep(lams: Sequence[float], self_terms: Sequence[str], iterations: Sequence = (),
+                            oracle_iterations: Sequence = ()) -> None:
+    """ArgumentError naming the flag and value unless each lambda is a number >= 0 (Eq. 6) and each self term one of
+    `affinity.SELF_TERMS`, and a sweep has iteration counts to apply to (`propagation_refinements`)."""
+    for lam in lams:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < np.inf:
+            raise ArgumentError(f"--propagate_lambda={lam!r} is invalid: expected numbers >= 0 (Eq. 6's lambda)")
+    for term in self_terms:
+        if term not in affinity.SELF_TERMS:
+            raise ArgumentError(f"--propagate_self_term={term!r} is invalid: expected some of {affinity.SELF_TERMS}")
+    if (lams or self_terms) and not (iterations or oracle_iterations):
+        raise ArgumentError("--propagate_lambda and --propagate_self_term need --propagate or --propagate_oracle "
+                            "(the iteration counts T to apply them at)")
+
+
+def _propagation_heads(prefix: str, counts: Sequence[int], lams: Sequence[float], self_terms: Sequence[str],
+                       sweep: bool):
+    """(head name, T, lambda, self term) per combination, T in numeric order; `sweep` names lambda and self term."""
+    for t in sorted(set(counts)):
+        for lam in lams:
+            for term in self_terms:
+                yield f"{prefix}_T{t}" + (f"_lam{lam:g}_{term}" if sweep else ""), t, lam, term
+
+
 def propagation_refinements(model: ml_collections.ConfigDict, iterations: Sequence[int | str] = (),
                             oracle_iterations: Sequence[int | str] = (), *, lam: float | None = None,
-                            mu: float | None = None) -> dict[str, Refinement]:
+                            mu: float | None = None, lams: Sequence[float] = (),
+                            self_terms: Sequence[str] = ()) -> dict[str, Refinement]:
     """Affinity propagation (Dilated Affinity, Eq. 6-7) as evaluator heads, one per iteration count T.
 
     'propagate_T<T>' refines the final probabilities with the model's own predicted affinity
@@ -82,30 +108,43 @@ def propagation_refinements(model: ml_collections.ConfigDict, iterations: Sequen
     rates of its affinity head; 'oracle_T<T>' with the ground-truth affinity of the labels
     (Tables 3-4, "refine with ground truth"), which works for any model, at the model's affinity
     rates or else the paper's best set R = {8, (12, 24), 16}. Pairs touching void or padding
-    have affinity 0 in the oracle. lambda, mu and the iteration count "paper" are the model
-    family's propagation settings (`Family.propagation`: config.model.deeplabv3plus.propagation_*,
-    the paper's 6, 7 and 10), or the paper's for a model without an affinity head; `lam`/`mu` override.
+    have affinity 0 in the oracle. lambda, mu, the self term (`affinity.propagate`) and the iteration
+    count "paper" are the model family's propagation settings (`Family.propagation`:
+    config.model.deeplabv3plus.propagation_*, the paper's 6, 7, 10 and "current"), or the paper's for a model
+    without an affinity head; `lam`/`mu` override. `lams` and `self_terms` (lambda being "selected by
+    cross-validation", Sec. 3.3) make one head per (T, lambda, self term), named
+    'propagate_T<T>_lam<lambda:g>_<self term>' / 'oracle_T<T>_lam<lambda:g>_<self term>'; an empty one takes the
+    settings' value. Heads come in numeric order of T.
     """
+    check_propagation_sweep(lams, self_terms, iterations, oracle_iterations)
     settings = family_of(model).propagation(model)
     if iterations and settings is None:
         raise ValueError(f"--propagate needs a model with an affinity head (a *_affinity variant); {model.name!r} "
                          "has none. --propagate_oracle works for every model.")
     settings = settings or affinity.Propagation(affinity.expand_rates(affinity.BEST_RATES))
     model_rates = oracle_rates = settings.rates
-    lam = settings.lam if lam is None else lam
     mu = settings.mu if mu is None else mu
+    sweep = bool(lams or self_terms)
+    lams = tuple(lams) or (settings.lam if lam is None else lam,)
+    self_terms = tuple(self_terms) or (settings.self_term,)
     iterations, oracle_iterations = ([settings.iterations if t == "paper" else int(t) for t in counts]
                                      for counts in (iterations, oracle_iterations))
+    reads = (("affinity_logits", [o for rate in model_rates for o in affinity.neighbour_offsets(rate)]),)
+
+    def own(t: int, lam: float, term: str) -> Refinement:  # reads the affinity logits, stitched under sliding windows
+        return Refinement(lambda probs, intermediates, images, labels: affinity.propagate(
+            probs, affinity.steep_sigmoid(intermediates["affinity_logits"], mu), model_rates, lam=lam, iterations=t,
+            self_term=term), reads=reads)
+
+    def oracle(t: int, lam: float, term: str) -> Callable:
+        return lambda probs, intermediates, images, labels: affinity.propagate(
+            probs, affinity.ground_truth_affinity(labels, oracle_rates), oracle_rates, lam=lam, iterations=t,
+            self_term=term)
+
     refinements: dict[str, Refinement] = {}
-    for t in iterations:
-        refinements[f"propagate_T{t}"] = Refinement(  # reads the affinity logits, stitched under sliding windows
-            lambda probs, intermediates, images, labels, t=t: affinity.propagate(
-                probs, affinity.steep_sigmoid(intermediates["affinity_logits"], mu), model_rates, lam=lam,
-                iterations=t),
-            reads=(("affinity_logits", [o for rate in model_rates for o in affinity.neighbour_offsets(rate)]),))
-    for t in oracle_iterations:
-        refinements[f"oracle_T{t}"] = lambda probs, intermediates, images, labels, t=t: affinity.propagate(
-            probs, affinity.ground_truth_affinity(labels, oracle_rates), oracle_rates, lam=lam, iterations=t)
+    for prefix, counts, make in (("propagate", iterations, own), ("oracle", oracle_iterations, oracle)):
+        for name, t, weight, term in _propagation_heads(prefix, counts, lams, self_terms, sweep):
+            refinements[name] = make(t, weight, term)
     return refinements
 
 
@@ -273,6 +312,7 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
                      mode: str | None = None, stride: int | None = None,
                      crf_params: crf.CRFParams | None = None,
                      propagate: Sequence[int] = (), propagate_oracle: Sequence[int] = (),
+                     propagate_lambda: Sequence[float] = (), propagate_self_term: Sequence[str] = (),
                      save_predictions_npz: bool = False, batch_size: int | None = None, log_every: int = 5,
                      output_dir: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """Restores a run, evaluates `split` (default: config.data.eval_split) and writes the report.
@@ -283,7 +323,8 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
 
     `mode`/`stride` override config.data.eval_mode/eval_stride; `propagate` and
     `propagate_oracle` list iteration counts of affinity propagation, each reported as a
-    head (`propagation_refinements`). The same `Evaluator` as
+    head (`propagation_refinements`), per lambda of `propagate_lambda` and self term of
+    `propagate_self_term` when given (checked before anything loads). The same `Evaluator` as
     the training loop's, so the default settings reproduce the in-training mIoU.
     Returns (report, written paths). The report's 'heads' holds the mIoU of every extra
     head (PDN's layers) and refinement. With `crf_params` its 'timing' holds the dense
@@ -293,13 +334,15 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     output_dir = output_dir or workdir
     if output_dir != workdir or os.path.isdir(workdir):  # (no workdir at all: load_run says so, creating nothing)
         checkpointing.check_writable(output_dir, "report folder", "--output_dir")
+    check_propagation_sweep(propagate_lambda, propagate_self_term, propagate, propagate_oracle)
     run = trained_run.load_run(workdir, config, step)
     config = run.config
     split = split or config.data.eval_split
     batch_size = batch_size or config.train.eval_batch_size
     data_source = pipeline.source(config.data.name, split, config.data.data_dir)
     options = EvalOptions.from_config(config.data, scales=scales, flip=flip, mode=mode, stride=stride)
-    refinements = propagation_refinements(config.model, propagate, propagate_oracle)
+    refinements = propagation_refinements(config.model, propagate, propagate_oracle, lams=propagate_lambda,
+                                          self_terms=propagate_self_term)
     evaluator = Evaluator(run.model, run.trainer.family, len(run.class_names), options,
                           data_sharding=run.trainer.data_sharding, refinements=refinements,
                           postprocess=crf_postprocess(crf_params, options.normalization) if crf_params else None)

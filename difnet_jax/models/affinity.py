@@ -53,6 +53,8 @@ REDUCTIONS = ("mean_over_pairs", "sum_over_pairs")  # how the loss reduces its p
 PAPER_LAMBDA = 6.0
 PAPER_MU = 7.0
 PAPER_ITERATIONS = 10
+# Eq. 6's self term lam * p * max(p) on the current iterate p^t or on the original prediction p^0 (`propagate`).
+SELF_TERMS = ("current", "original")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Propagation:
     lam: float = PAPER_LAMBDA
     mu: float = PAPER_MU
     iterations: int = PAPER_ITERATIONS
+    self_term: str = "current"  # one of SELF_TERMS (`propagate`)
 
 
 def expand_rates(spec) -> tuple[Rate, ...]:
@@ -142,13 +145,24 @@ def steep_sigmoid(logits: jax.Array, mu: float = PAPER_MU) -> jax.Array:
 
 
 def propagate(probs: jax.Array, affinity: jax.Array, rates: Sequence[Rate], *, lam: float = PAPER_LAMBDA,
-              iterations: int = 1) -> jax.Array:
+              iterations: int = 1, self_term: str = "current") -> jax.Array:
     """Affinity propagation, Eq. 6, applied `iterations` times with the same affinities.
 
-    p_hat = N(lam * p * max(p) + sum_s a_s p_s) with N dividing by the sum over classes; probs
-    (B, H, W, K) summing to 1, affinity (B, H, W, 8|R|) in [0, 1] in the module's layout. A
-    neighbour outside the image contributes nothing (its p_s is taken as 0).
+    Sec. 3.3: "p_hat_{i,j} = N(lam p_{i,j} max(p_{i,j}) + sum_{s in S_{i,j}} a_s p_s) (6)" and "It is noted that this
+    refining process can be executed with multiple times like CRF [14], propagating the original classifications
+    through the connection of positive affinity." Iterated, Eq. 6 has two readings (`SELF_TERMS`):
+    - "current": p^{t+1} = N(lam p^t max(p^t) + sum_s a_s p^t_s), the self term on the current iterate: p^0 enters
+      the first pass only, and pixels joined by positive affinity drift towards one shared distribution as T grows
+      (a product of stochastic maps); every run before the choice existed used it;
+    - "original": p^{t+1} = N(lam p^0 max(p^0) + sum_s a_s p^t_s), the self term on the original prediction each
+      iteration, as a CRF re-adds its unary: the normaliser is constant, the update linear, a random walk with
+      restart (like DifNet's Eq. 4) converging to a fixed point that keeps lam p^0 max(p^0).
+    The paper does not say which: the claims study chooses on held-out train data. N divides by the sum over classes;
+    probs (B, H, W, K) summing to 1, affinity (B, H, W, 8|R|) in [0, 1] in the module's layout. A neighbour
+    outside the image contributes nothing (its p_s is taken as 0). `iterations` = 0 returns probs (float32).
     """
+    if self_term not in SELF_TERMS:
+        raise ValueError(f"self_term must be one of {SELF_TERMS}, got {self_term!r}")
     rates = tuple(tuple(r) for r in rates)
     pad = (max(r[0] for r in rates), max(r[1] for r in rates))
     offsets = [o for rate in rates for o in neighbour_offsets(rate)]
@@ -157,16 +171,19 @@ def propagate(probs: jax.Array, affinity: jax.Array, rates: Sequence[Rate], *, l
         raise ValueError(f"affinity has {affinity.shape[-1]} channels; rates {rates} need {len(offsets)}")
 
     height, width = probs.shape[1:3]
+    probs = probs.astype(jnp.float32)
+    unary = lambda p: lam * p * p.max(axis=-1, keepdims=True)  # noqa: E731
+    original = unary(probs) if self_term == "original" else None
 
     def step(p, _):
-        total = lam * p * p.max(axis=-1, keepdims=True)
+        total = unary(p) if original is None else original
         padded = jnp.pad(p, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1]), (0, 0)))  # once; every offset slices it
         for c, (s, t) in enumerate(offsets):
             neighbour = padded[:, pad[0] + s: pad[0] + s + height, pad[1] + t: pad[1] + t + width]
             total = total + affinity[..., c: c + 1] * neighbour
         return total / total.sum(axis=-1, keepdims=True), None
 
-    out, _ = jax.lax.scan(step, probs.astype(jnp.float32), None, length=iterations)
+    out, _ = jax.lax.scan(step, probs, None, length=iterations)
     return out
 
 

@@ -36,8 +36,9 @@ set's statistics (`statistics`); layout and loss in `difnet_jax.models.affinity`
 Differences from the reference that remain: the stem is torchvision's 7x7 conv (the reference's
 "beta" ResNets have three 3x3 convs), tied to the torchvision ImageNet weights; the decoder's
 low-level input is layer1's output (the reference taps block1/unit_2's conv3 before the residual
-sum); the initialisers are He normal (fan out); the bilinear resizes use half-pixel centres, not
-align_corners; biases learn at the base rate (the reference doubles it).
+sum); the initialisers are He normal (fan out); biases learn at the base rate (the reference doubles it).
+The bilinear resizes align corners (`resize.resize_bilinear`), as the reference's do (core/utils.py
+`resize_bilinear`: `tf.compat.v1.image.resize_bilinear(images, size, align_corners=True)`).
 """
 
 from __future__ import annotations
@@ -268,6 +269,9 @@ def defaults() -> ml_collections.ConfigDict:
     own.propagation_lambda = affinity.PAPER_LAMBDA
     own.propagation_mu = affinity.PAPER_MU
     own.propagation_iterations = affinity.PAPER_ITERATIONS
+    # Eq. 6's self term when iterated: on the current iterate ("current") or on the original prediction each
+    # iteration ("original", [DA] Sec. 3.3 "like CRF, propagating the original classifications"): `affinity.propagate`.
+    own.propagation_self_term = "current"
     return own
 
 
@@ -275,7 +279,8 @@ def defaults() -> ml_collections.ConfigDict:
 LEGACY = {"multi_grid": (), "backbone_bn_decay": 0.9, "bn_decay": 0.9, "aspp_dropout": 0.0, "aspp_separable": False,
           "decoder_separable": False, "affinity_reduction": "sum_over_pairs", "affinity_stats_dataset": "",
           "affinity_stats_data_dir": "", "propagation_lambda": affinity.PAPER_LAMBDA,
-          "propagation_mu": affinity.PAPER_MU, "propagation_iterations": affinity.PAPER_ITERATIONS}
+          "propagation_mu": affinity.PAPER_MU, "propagation_iterations": affinity.PAPER_ITERATIONS,
+          "propagation_self_term": "current"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +310,7 @@ class Settings:
     affinity_stats_dataset: str
     affinity_stats_data_dir: str
     propagation: affinity.Propagation | None
-    propagation_values: tuple  # (lambda, mu, iterations) as configured, for the check
+    propagation_values: tuple  # (lambda, mu, iterations, self_term) as configured, for the check
 
 
 def _tuple(value):
@@ -322,7 +327,7 @@ def settings(model: ml_collections.ConfigDict) -> Settings:
         rates, rates_error = affinity.expand_rates(spec), ""
     except (ValueError, TypeError) as error:
         rates, rates_error = (), str(error)
-    values = (get("propagation_lambda"), get("propagation_mu"), get("propagation_iterations"))
+    values = tuple(get(f"propagation_{key}") for key in ("lambda", "mu", "iterations", "self_term"))
     return Settings(
         output_stride=own.output_stride, eval_output_stride=own.eval_output_stride,
         aspp_rates=_tuple(own.aspp_rates), aspp_channels=own.aspp_channels, decoder_channels=own.decoder_channels,
@@ -392,10 +397,12 @@ def check(model: ml_collections.ConfigDict) -> None:
         require(_number(getattr(own, name), 0.0, np.inf), f"{key}.{name}", getattr(own, name), "a number >= 0")
     require(own.affinity_reduction in affinity.REDUCTIONS, f"{key}.affinity_reduction", own.affinity_reduction,
             f"one of {affinity.REDUCTIONS}")
-    lam, mu, iterations = own.propagation_values
+    lam, mu, iterations, self_term = own.propagation_values
     require(_number(lam, 0.0, np.inf), f"{key}.propagation_lambda", lam, "a number >= 0 (Eq. 6's lambda)")
     require(_number(mu, 1.0, np.inf) and mu > 1, f"{key}.propagation_mu", mu, "a number > 1 (Eq. 7's mu)")
     require(positive_int(iterations), f"{key}.propagation_iterations", iterations, "a positive integer")
+    require(self_term in affinity.SELF_TERMS, f"{key}.propagation_self_term", self_term,
+            f"one of {affinity.SELF_TERMS} (Eq. 6's self term on the current iterate or the original prediction)")
     if not own.affinity_rates:
         return
     if own.affinity_stats:  # a file the user named: it must be there and hold the rates

@@ -4,10 +4,10 @@ Dilated Affinity (papers/004, Sec. 3.3) refines the prediction p by
 
     p_hat = N(lam * p * max(p) + sum_{s in S} g(a_s) p_s)    (Eq. 6),    g(x) = mu^x / (1 + mu^x)    (Eq. 7),
 
-iterated T times (`affinity.propagate`, `affinity.steep_sigmoid`); the oracle puts the ground-truth affinity in place
-of g(a_s) (`affinity.ground_truth_affinity`). `study(run)` measures, over a split of a restored run with an affinity
-head (`trained_run.load_run`), on the evaluator's canvas (`EvalOptions.from_config`, single scale) and on the pixels
-the evaluation counts (label not 255):
+iterated T times (`affinity.propagate` with the run's `propagation_self_term`, `affinity.steep_sigmoid`); the oracle
+puts the ground-truth affinity in place of g(a_s) (`affinity.ground_truth_affinity`). `study(run)` measures, over a
+split of a restored run with an affinity head (`trained_run.load_run`), on the evaluator's canvas
+(`EvalOptions.from_config`, single scale) and on the pixels the evaluation counts (label not 255):
 
 1. Fig. 4 (`batch_measurements`' 'fig4'): the predicted affinity's accuracy per category n_k and rate, as in the
    paper's Fig. 4 (a pixel is in n_k at rate r when k of its 8 neighbours agree, `affinity.neighbour_categories`;
@@ -77,12 +77,13 @@ VARIANTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """What the measurements need of a run: the head's rates and Eq. 6-7's lam and mu."""
+    """What the measurements need of a run: the head's rates, Eq. 6-7's lam and mu, and Eq. 6's self term."""
 
     rates: tuple[affinity.Rate, ...]
     lam: float
     mu: float
     num_classes: int
+    self_term: str = "current"  # affinity.SELF_TERMS
 
     @property
     def offsets(self) -> tuple[affinity.Rate, ...]:
@@ -178,8 +179,12 @@ def ablation_affinities(logits: jax.Array, labels: jax.Array, setting: Setting) 
     }
 
 
-def propagated(probs: jax.Array, aff: jax.Array, rates, lam: float, iterations: Sequence[int]) -> list[jax.Array]:
-    """`affinity.propagate` at each T of `iterations` (increasing), continuing from the previous T."""
+def propagated(probs: jax.Array, aff: jax.Array, rates, lam: float, iterations: Sequence[int],
+               self_term: str = "current") -> list[jax.Array]:
+    """`affinity.propagate` at each T of `iterations` (increasing), continuing from the previous T; under the
+    "original" self term (which re-adds probs every iteration) each T starts from probs."""
+    if self_term == "original":
+        return [affinity.propagate(probs, aff, rates, lam=lam, iterations=t, self_term=self_term) for t in iterations]
     out, done, current = [], 0, probs
     for t in iterations:
         current = affinity.propagate(current, aff, rates, lam=lam, iterations=t - done) if t > done else current
@@ -257,7 +262,7 @@ def batch_measurements(probs: jax.Array, logits: jax.Array, labels: jax.Array, s
     class_group_pixels = jnp.einsum("bhwk,bhwg->kg", jax.nn.one_hot(labels, setting.num_classes), in_group)
     correct_by_group["T0"] = jnp.einsum("bhwg,bhw->g", in_group, (probs.argmax(-1) == labels).astype(jnp.float32))
     for variant, (aff, lam) in ablation_affinities(logits, labels, setting).items():
-        for t, p in zip(iterations, propagated(probs, aff, rates, lam, iterations)):
+        for t, p in zip(iterations, propagated(probs, aff, rates, lam, iterations, setting.self_term)):
             prediction = p.argmax(-1)
             confusions[f"{variant}_T{t}"] = metrics.confusion_matrix(labels, prediction, setting.num_classes)
             if variant in ("own", "oracle"):
@@ -280,12 +285,12 @@ jitted_measurements = jax.jit(batch_measurements, static_argnames=("setting", "i
 # ---- The study.
 
 def setting_of(run) -> Setting:
-    """The run's affinity rates and propagation lam, mu; ValueError when the run has no affinity head."""
+    """The run's affinity rates and propagation lam, mu, self term; ValueError when the run has no affinity head."""
     propagation = run.trainer.family.propagation(run.config.model)
     if propagation is None:
         raise ValueError(f"{run.config.model.name}-{run.config.model.depth} in {run.workdir!r} has no affinity head")
     return Setting(tuple(tuple(r) for r in propagation.rates), float(propagation.lam), float(propagation.mu),
-                   len(run.class_names))
+                   len(run.class_names), propagation.self_term)
 
 
 def _batches(data_source, options: EvalOptions, batch_size: int, max_images: int | None
@@ -365,7 +370,7 @@ def measure(batches: Iterable[tuple[Any, Any, Any, int]], setting: Setting, clas
     return {
         "images": images,
         "setting": {"rates": [list(r) for r in setting.rates], "lam": setting.lam, "mu": setting.mu,
-                    "neighbours": 8 * len(setting.rates)},
+                    "self_term": setting.self_term, "neighbours": 8 * len(setting.rates)},
         "class_names": list(class_names),
         **summarize(sums, {key: np.concatenate(v) for key, v in values.items()}, setting, class_names),
         "code_layout_mismatches": channel_layout_mismatches(setting.rates),
@@ -642,7 +647,8 @@ def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[s
     out += [f"Run `{result.get('workdir', '?')}`, step {result.get('step', '?')}, split `{result.get('split', '?')}` "
             f"({result['images']} images, {setting.get('canvas', '?')} canvas). Rates R = "
             f"{[tuple(r) for r in setting['rates']]} ({setting['neighbours']} "
-            f"neighbours), lam = {setting['lam']:g}, mu = {setting['mu']:g} (Dilated Affinity Eq. 6-7). "
+            f"neighbours), lam = {setting['lam']:g}, mu = {setting['mu']:g}, self term "
+            f"{setting.get('self_term', 'current')!r} (Dilated Affinity Eq. 6-7). "
             "Every variant below is a diagnostic, not a setting of the project. Pairs *without targets*: the pixel "
             "or its neighbour is 255 (the void band along every boundary, the canvas padding); the loss never "
             "sees them and the oracle gives them 0.", "", "## Findings", ""]
