@@ -1,30 +1,38 @@
 """Runs the study of each paper's claims and writes docs/results/claims.md: a thin entry point over
-`difnet_jax.studies.claims` (the claims, their runs and protocols, and how each is judged).
+`difnet_jax.studies.claims` (the claims, their runs, sweeps and ledger) and `claims_report` (the judging and report).
 
   python -m experiments.claims --dry_run                  # the runs and the estimated CPU time; nothing started
-  python -m experiments.claims                            # every claim, 3 seeds (about 3.3 h on 2 cores)
+  python -m experiments.claims                            # every claim, 5 seeds, two trainings at once on 2 cores
   python -m experiments.claims --only=difnet_vs_simdeeplab,walks --seeds=2
   python -m experiments.claims --report_only              # rewrite claims.md from the runs finished so far
 
 Each training is a subprocess `python -m experiments.voc ...` (its log beside its workdir, WORKDIR.log); the
-propagation runs are then evaluated by `python -m experiments.evaluate --propagate=1,3,10 --propagate_oracle=1,3,10`.
-The hyper-parameter sweeps on held-out train data run first and decide the claim runs' values. A finished run (its
-metrics.jsonl holds the evaluation at the last step) is skipped, so an interrupted study resumes where it stopped
-(Ctrl-C lets the running training checkpoint, then stops). claims.md covers every claim of the study from whatever
-runs at this budget are finished under --runs_dir, "not run" for the others.
+propagation runs are then evaluated by `python -m experiments.evaluate --propagate=... --propagate_lambda=...`.
+`--parallel` trainings run at once, each on its share of the cores (one core each: XLA's single-threaded CPU path):
+on a 2-core Intel Xeon (AVX-512), two DifNet-18 trainings at once, one core each, finished 1.17x as many trainings an
+hour as one at a time with two threads (BENCHMARKS.md, "Trainings per hour"). Results differ from a two-thread run
+of the same seed by float32 reduction order, so a study keeps one setting for all its runs (recorded in each run's
+log). The programs are cached between runs (JAX's persistent compilation cache under RUNS_DIR/.jax_cache).
+
+A finished run (its metrics.jsonl holds the evaluation at the last step) is skipped, so an interrupted study resumes
+where it stopped (Ctrl-C lets the running trainings checkpoint, then stops). Each finished run is also added to the
+ledger (--ledger, committed): a later session restores its missing workdirs from it and goes on.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 
 from absl import flags
 
-from difnet_jax.studies import claims
+from difnet_jax.config_errors import ArgumentError
+from difnet_jax.studies import claims, claims_report
 from experiments import cli
 from experiments.run_config import run_config
 
@@ -32,7 +40,7 @@ _STEPS = flags.DEFINE_integer("steps", 400, "Training steps of the fine-tuning r
                               "0.71 held-out mIoU in 400).")
 _SCRATCH_STEPS = flags.DEFINE_integer("scratch_steps", 1000, "Training steps of the runs from scratch (the "
                                       "synthetic modifier's 1,000: at 400 DifNet-18 is at 0.37 mIoU, std 0.04).")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every claim run (the sweeps use seed 0).")
+_SEEDS = flags.DEFINE_integer("seeds", claims.SEEDS, "Seeds 0..N-1 of every claim run (the sweeps use seed 0).")
 _ONLY = flags.DEFINE_list("only", None, "Claims to run, comma-separated (default all): "
                           + ", ".join(claim.name for claim in claims.study().claims) + ".")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and the estimated CPU time; start nothing.")
@@ -40,9 +48,11 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write --out from the fin
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/claims", "Folder of the study's workdirs.")
 _OUT = flags.DEFINE_string("out", os.path.join(cli.PROJECT_ROOT, "docs", "results", "claims.md"),
                            "The claims table written at the end.")
-_BETA_PER_WEIGHTING = flags.DEFINE_bool("beta_per_weighting", True,
-                                        "Select Dilated Affinity's beta for each weighting scheme, as DA Table 1 "
-                                        "does; --nobeta_per_weighting: the sqrt scheme's for all four.")
+_LEDGER = flags.DEFINE_string("ledger", os.path.join(cli.PROJECT_ROOT, "docs", "results", "claims_runs.jsonl"),
+                              "The finished runs' configs and final evaluations; missing workdirs are restored "
+                              "from it.")
+_PARALLEL = flags.DEFINE_integer("parallel", min(2, len(os.sched_getaffinity(0))),
+                                 "Trainings at once, each on an equal share of the cores (module docstring).")
 
 
 def _command() -> str:
@@ -52,8 +62,6 @@ def _command() -> str:
         parts.append(f"--only={','.join(_ONLY.value)}")
     if _RUNS_DIR.value != "runs/claims":
         parts.append(f"--runs_dir={_RUNS_DIR.value}")
-    if not _BETA_PER_WEIGHTING.value:
-        parts.append("--nobeta_per_weighting")
     return " ".join(parts)
 
 
@@ -71,22 +79,24 @@ def _estimate(plan: claims.Plan) -> tuple[float, float, dict[str, float]]:
 
 def _estimate_text(plan: claims.Plan) -> str:
     total, left, _ = _estimate(plan)
-    runs = len(plan.all_jobs())
-    return (f"{runs} trainings, estimated {claims.hours(total)} of this 2-core CPU in all, "
-            f"{claims.hours(left)} left (python -m experiments.claims --dry_run)")
+    return (f"{len(plan.all_jobs())} trainings planned so far, estimated {claims.hours(total)} of training time in "
+            f"all ({claims.hours(total / _PARALLEL.value)} of wall time at {_PARALLEL.value} at once), "
+            f"{claims.hours(left / _PARALLEL.value)} of wall time left (python -m experiments.claims --dry_run)")
 
 
 def _dry_run(plan: claims.Plan) -> None:
     total, left, rates = _estimate(plan)
+    selected = plan.selected()
     print(f"The study of {len(plan.claims)} claim(s): {', '.join(c.name for c in plan.claims)}; "
           f"{plan.steps} steps a fine-tuning run, {plan.scratch_steps} a run from scratch, seeds 0..{plan.seeds - 1}, "
           f"workdirs under {plan.runs_dir}.")
     for sweep in plan.sweeps:
-        print(f"\nSweep {sweep.name} ({sweep.key} in {list(sweep.values)}, held-out train data, seed 0):")
-        for job in plan.sweep_jobs(sweep):
+        print(f"\nSweep {sweep.name} ({sweep.key} in {[sweep.label(v) for v in sweep.values]}, held-out train data, "
+              "seed 0):")
+        for job in plan.sweep_jobs(sweep, selected):
             _print_job(job, rates, plan)
     print("\nClaim runs:")
-    for job in plan.claim_jobs():
+    for job in plan.claim_jobs(None, selected):
         _print_job(job, rates, plan)
     measured = ", ".join(f"{variant} {seconds:.2f}" for variant, seconds in sorted(rates.items())) or "none"
     print(f"\nSeconds per step ('time' / step of the last record of runs of at least {claims.MIN_STEPS_TO_MEASURE} "
@@ -95,8 +105,10 @@ def _dry_run(plan: claims.Plan) -> None:
           f"{claims.SECONDS_PER_PROPAGATION:.0f} s a propagation evaluation"
           + (f", plus {claims.SECONDS_TO_PRETRAIN:.0f} s to pretrain the synthetic ImageNet ResNet-18"
              if claims.pretraining_missing(plan) else "") + ".")
-    print(f"Estimated CPU time: {claims.hours(total)} for all {len(plan.all_jobs())} trainings, {claims.hours(left)} "
-          "left (finished runs are skipped). Nothing was started (--dry_run).")
+    print(f"Estimated training time: {claims.hours(total)} for the {len(plan.all_jobs())} trainings planned so far, "
+          f"{claims.hours(left)} left (finished runs are skipped; runs waiting for a selection are counted once "
+          f"planned); {_PARALLEL.value} at once: about {claims.hours(left / _PARALLEL.value)} of wall time left. "
+          "Nothing was started (--dry_run).")
 
 
 def _print_job(job: claims.Job, rates, plan) -> None:
@@ -108,23 +120,35 @@ def _print_job(job: claims.Job, rates, plan) -> None:
         return
     print(f"  {job.run.label} seed {job.seed} ({state}): python -m experiments.voc {shlex.join(job.train_argv())}")
     if job.run.propagate:
-        print(f"      then python -m experiments.evaluate {shlex.join(job.evaluate_argv())}")
+        print("      then python -m experiments.evaluate " + (shlex.join(job.evaluate_argv()) if job.evaluate_flags
+                                                               else "(waits for sweep da_propagation)"))
 
 
-def _subprocess(module: str, argv: list[str], log_path: str) -> None:
-    """Runs `python -m MODULE ARGV` in the project root, its output appended to LOG_PATH. Ctrl-C reaches the child
-    too (one process group): the training checkpoints and stops; this waits for it (a second Ctrl-C stops at once)."""
+def _core_shares(parallel: int) -> list[list[int]]:
+    """The cores this process may use, split into `parallel` equal shares (one list of cores per slot)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if parallel < 1 or parallel > len(cores):
+        raise ArgumentError(f"--parallel={parallel} is invalid: expected 1 to {len(cores)} (the cores here)")
+    share = len(cores) // parallel
+    return [cores[i * share:(i + 1) * share] for i in range(parallel)]
+
+
+def _subprocess(module: str, argv: list[str], log_path: str, cores: list[int], cache_dir: str) -> None:
+    """Runs `python -m MODULE ARGV` on CORES in the project root, its output appended to LOG_PATH. Ctrl-C reaches the
+    child too (one process group): a training checkpoints and stops; this waits for it."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir}
+    if len(cores) == 1:  # XLA's CPU client would start a thread per core of the machine
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                            "intra_op_parallelism_threads=1").strip()
     with open(log_path, "a") as log_file:
-        log_file.write(f"\n$ python -m {module} {shlex.join(argv)}\n")
+        log_file.write(f"\n$ python -m {module} {shlex.join(argv)}  # cores {cores}, "
+                       f"XLA_FLAGS={env.get('XLA_FLAGS', '')!r}\n")
         log_file.flush()
         process = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=log_file, stderr=subprocess.STDOUT,
-                                   cwd=cli.PROJECT_ROOT)
-        try:
-            returncode = process.wait()
-        except KeyboardInterrupt:
-            print("Stopping: the running training checkpoints first ...", flush=True)
-            returncode = process.wait()
+                                   cwd=cli.PROJECT_ROOT, env=env)
+        os.sched_setaffinity(process.pid, cores)  # before the child has imported anything, so all its threads
+        returncode = process.wait()
     if returncode != 0:
         with open(log_path) as f:
             tail = f.readlines()[-15:]
@@ -132,38 +156,81 @@ def _subprocess(module: str, argv: list[str], log_path: str) -> None:
                                   + "".join(tail))
 
 
-def _announce(job: claims.Job, what: str, index: int, total: int) -> None:
-    if what == "skip":
-        print(f"[{index}/{total}] {job.run.label} seed {job.seed}: finished, skipped ({job.workdir})", flush=True)
-    else:
-        print(f"[{index}/{total}] {job.run.label} seed {job.seed}: {'training' if what == 'train' else 'evaluating'}"
-              f" {job.workdir} (log {job.workdir}.log) at {time.strftime('%H:%M:%S')}", flush=True)
+def _announce(job: claims.Job, action: str, cores: list[int]) -> None:
+    print(f"{job.run.label} seed {job.seed}: {'training' if action == 'train' else 'evaluating'} {job.workdir} (log "
+          f"{job.workdir}.log, cores {cores}) at {time.strftime('%H:%M:%S')}", flush=True)
+
+
+def _execute(plan: claims.Plan, ledger: claims.Ledger, parallel: int) -> None:
+    """Runs the plan's work, `parallel` jobs at once, each on its share of the cores, re-planning after each job (a
+    finished sweep unlocks the runs waiting for its selection); StudyStopped after the running jobs end."""
+    shares, free = _core_shares(parallel), list(range(parallel))
+    cache_dir = os.path.join(plan.runs_dir, ".jax_cache")
+    lock, running, failure = threading.Lock(), {}, None
+
+    def run(job: claims.Job, action: str, slot: int) -> None:
+        train = lambda job: _subprocess("experiments.voc", job.train_argv(), job.workdir + ".log",  # noqa: E731
+                                        shares[slot], cache_dir)
+        evaluate = lambda job: _subprocess("experiments.evaluate", job.evaluate_argv(),  # noqa: E731
+                                           job.workdir + ".log", shares[slot], cache_dir)
+        claims.run_one(job, action, train, evaluate, plan.load_config)
+        with lock:
+            ledger.add(job, plan.runs_dir, plan.load_config)
+
+    claims.check_workdirs(plan)
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        try:
+            while True:
+                if failure is None:
+                    busy = {job.workdir for job in running.values()}
+                    for job, action in plan.work():
+                        if not free:
+                            break
+                        if job.workdir not in busy:
+                            slot = free.pop(0)
+                            _announce(job, action, shares[slot])
+                            running[pool.submit(run, job, action, slot)] = (job, slot)
+                            busy.add(job.workdir)
+                if not running:
+                    break
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    _, slot = running.pop(future)
+                    free.append(slot)
+                    failure = failure or future.exception()
+        except KeyboardInterrupt:
+            print("Stopping: the running trainings checkpoint first ...", flush=True)
+            concurrent.futures.wait(running)
+            raise
+    if failure is not None:
+        raise failure
 
 
 def main():
-    study = claims.study(_BETA_PER_WEIGHTING.value)
+    study = claims.study()
     runs_dir = os.path.abspath(_RUNS_DIR.value)
+    ledger = claims.Ledger(_LEDGER.value)
     plan = claims.Plan(study, claims.chosen_claims(study, _ONLY.value), _STEPS.value, _SEEDS.value, runs_dir,
                        load_config=run_config, scratch_steps=_SCRATCH_STEPS.value)
+    if not _DRY_RUN.value and (restored := ledger.restore(runs_dir)):
+        print(f"Restored {restored} finished run(s) from {_LEDGER.value} into {runs_dir}.")
     if _DRY_RUN.value:
         _dry_run(plan)
         return 0
     status = 0
     if not _REPORT_ONLY.value:
         try:
-            claims.execute(plan, lambda job: _subprocess("experiments.voc", job.train_argv(), job.workdir + ".log"),
-                           lambda job: _subprocess("experiments.evaluate", job.evaluate_argv(),
-                                                   job.workdir + ".log"),
-                           _announce)
+            _execute(plan, ledger, _PARALLEL.value)
         except claims.StudyStopped as stop:
             print(f"Study stopped: {stop}", file=sys.stderr)
             status = 1
     report = claims.Plan(study, study.claims, _STEPS.value, _SEEDS.value, runs_dir, load_config=run_config,
                          scratch_steps=_SCRATCH_STEPS.value)
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    text = claims_report.markdown(report, _command(), _estimate_text(report), runs_dir=_RUNS_DIR.value)
     with open(_OUT.value, "w") as f:
-        f.write(claims.markdown(report, _command(), _estimate_text(report), runs_dir=_RUNS_DIR.value))
-    print(open(_OUT.value).read())
+        f.write(text)
+    print("\n".join(claims_report.table(report)))
     print(f"Wrote {_OUT.value}")
     return status
 

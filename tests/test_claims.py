@@ -1,6 +1,8 @@
-"""The claims study (difnet_jax/studies/claims.py, experiments/claims.py): its table covers issue 21's claims, the
-judging rule, finished runs skipped so that a study resumes, sweeps selecting on held-out data, "not run" for claims
-without runs, and --dry_run starting nothing. No training: workdirs are hand-made config.json + metrics.jsonl."""
+"""The claims study (difnet_jax/studies/claims.py, claims_report.py, experiments/claims.py): its table covers issues
+21 and 28's claims, finished runs skipped so that a study resumes, sweeps selecting on held-out data (one after
+another's selection), lambda and the self term chosen by evaluation, intervals in the report, "not run" for claims
+without runs, the ledger restoring a session's runs, and --dry_run starting nothing. No training: workdirs are
+hand-made config.json + metrics.jsonl."""
 
 import json
 import os
@@ -13,7 +15,7 @@ from ml_collections import config_flags
 
 from difnet_jax.config_checks import check_config
 from difnet_jax.config_errors import ArgumentError, ConfigError
-from difnet_jax.studies import claims, compare
+from difnet_jax.studies import claims, claims_report
 from experiments.configs import variants
 from experiments.configs.voc import get_config
 
@@ -45,11 +47,26 @@ def _fake_run(job: claims.Job, miou: float, *, trained_to: int | None = None, ev
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
-def _comparisons(claim):
+def _claim(study, name):
+    return next(c for c in study.claims if c.name == name)
+
+
+def _pairs(claim):
     return {(c.better.run, c.better.key, c.worse.run, c.worse.key, c.at_least) for c in claim.comparisons}
 
 
-def test_the_study_covers_every_claim_of_the_issue_with_runnable_configs():
+def _plan(tmp_path, only, seeds=2, steps=20):
+    study = claims.study()
+    return claims.Plan(study, claims.chosen_claims(study, only), steps, seeds, str(tmp_path / "runs"))
+
+
+def _select_all(plan, index=1):
+    """A selection of every sweep (its value at `index`) and of lambda per self term."""
+    return {**{name: sweep.values[min(index, len(sweep.values) - 1)] for name, sweep in plan.study.sweeps.items()},
+            "da_propagation": {"current": 24.0, "original": 6.0}}
+
+
+def test_the_study_covers_every_claim_with_runnable_configs():
     study = claims.study()
     assert [c.name for c in study.claims] == ["difnet_vs_simdeeplab", "walks", "pdn", "da_loss", "weighting",
                                               "propagation", "transitions"]
@@ -58,69 +75,59 @@ def test_the_study_covers_every_claim_of_the_issue_with_runnable_configs():
     assert protocol == {"difnet_vs_simdeeplab": {claims.SCRATCH, claims.PRETRAINED}, "walks": {claims.SCRATCH},
                         "transitions": {claims.SCRATCH}, "pdn": {claims.PRETRAINED}, "da_loss": {claims.PRETRAINED},
                         "weighting": {claims.PRETRAINED}, "propagation": {claims.PRETRAINED}}
-    # DifNet > Sim-DeepLab at equal depth; walks 2 and 4 dropped at depth 18
     pairs = {(runs[b].variant, runs[w].variant, runs[b].modifiers, runs[w].modifiers)
-             for b, _, w, _, _ in _comparisons(study.claim("difnet_vs_simdeeplab"))}
+             for b, _, w, _, _ in _pairs(_claim(study, "difnet_vs_simdeeplab"))}
     assert pairs == {("difnet18", "simdeeplab18", claims.SCRATCH, claims.SCRATCH),
                      ("difnet18", "simdeeplab18", claims.PRETRAINED, claims.PRETRAINED)}
-    (better, _, worse, _, _), = _comparisons(study.claim("walks"))
-    assert runs[better].variant == runs[worse].variant == "difnet18"
-    assert (dict(runs[better].overrides), dict(runs[worse].overrides)) == ({}, {"model.difnet.walks": (1, 3, 5)})
-    # PDN: 24NB > 8NB > Sim-DeepLab (the same protocol), 2M >= 1M, layers rising
+    # the fine-tuned pair's lr grouping chosen the same way for both (item 1.7), the row named for what it is
+    assert runs["difnet18_pretrained"].sweeps == ("difnet_lr",) and runs["simdeeplab18_pretrained"].sweeps == (
+        "simdeeplab_lr",)
+    assert study.sweeps["difnet_lr"].values == (1.0, 10.0) and "main.sh" in study.sweeps["difnet_lr"].label(10.0)
+    assert "authors' released code" in _claim(study, "difnet_vs_simdeeplab").comparisons[1].statement
     pdn = "pdn18_{}_pretrained".format
-    assert _comparisons(study.claim("pdn")) == {
+    assert _pairs(_claim(study, "pdn")) == {
         (pdn("24nb_1m"), miou, pdn("8nb_1m"), miou, False),
         (pdn("8nb_1m"), miou, "simdeeplab18_pretrained", miou, False),
         (pdn("24nb_2m"), miou, pdn("24nb_1m"), miou, True),
         *[(pdn("24nb_1m"), f"val/miou_layer{t + 1}", pdn("24nb_1m"), f"val/miou_layer{t}", False) for t in (1, 2, 3)]}
-    # Dilated Affinity: the loss, the weighting chain, propagation over T and the oracle
+    assert all(runs[pdn(v)].sweeps == ("pdn_init", "pdn_layer_loss_weight") for v in ("8nb_1m", "24nb_1m", "24nb_2m"))
+    # the sweeps of issue 28: grids whose old selections were edges reach further; R includes a cell-preserving set
+    sweeps = study.sweeps
+    assert sweeps["pdn_init"].values == ("caffe_std", "literal_variance")
+    assert sweeps["pdn_layer_loss_weight"].base.sweeps == ("pdn_init",)
+    assert min(sweeps["pdn_layer_loss_weight"].values) < 0.1
+    assert min(sweeps["da_beta_neighbor"].values) < 0.03 and min(sweeps["da_beta_signal"].values) < 0.3
+    assert (3, (4, 8), 6) in sweeps["da_rates"].values and (8, (12, 24), 16) in sweeps["da_rates"].values
+    assert all("da_rates" in sweeps[f"da_beta{s}"].base.sweeps for s in ("", "_none", "_signal", "_neighbor"))
     da = "deeplabv3plus18_affinity_{}_pretrained".format
-    assert _comparisons(study.claim("da_loss")) == {(da("sqrt"), miou, "deeplabv3plus18_pretrained", miou, False)}
-    chain = (("sqrt", "neighbor"), ("neighbor", "signal"), ("signal", "none"))
-    assert _comparisons(study.claim("weighting")) == {(da(a), miou, da(b), miou, False) for a, b in chain}
-    assert _comparisons(study.claim("propagation")) == {
-        (da("sqrt"), "val/miou_propagate_T1", da("sqrt"), miou, False),
-        (da("sqrt"), "val/miou_propagate_T3", da("sqrt"), "val/miou_propagate_T1", False),
-        (da("sqrt"), "val/miou_propagate_T10", da("sqrt"), "val/miou_propagate_T3", False),
-        (da("sqrt"), "val/miou_oracle_T10", da("sqrt"), "val/miou_propagate_T10", False)}
     assert [r.name for r in runs.values() if r.propagate] == [da("sqrt")]
-    assert {dict(runs[da(w)].overrides)["model.deeplabv3plus.affinity_weighting"] for w in claims.WEIGHTINGS} == \
-        set(claims.WEIGHTINGS)
-    (better, _, worse, _, _), = _comparisons(study.claim("transitions"))
-    assert dict(runs[better].overrides) == {"model.difnet.affinity_on_transitions": True} and worse == better.replace(
-        "_transitions", "")
-    # the cross-validated values come from the held-out sweeps
-    beta, llw = study.sweeps["da_beta"], study.sweeps["pdn_layer_loss_weight"]
-    assert (beta.values, llw.values) == ((0.3, 1.2, 3.0), (0.1, 0.3, 1.0))
-    assert dict(beta.run(1.2).overrides)["model.deeplabv3plus.affinity_reduction"] == "mean_over_pairs"
-    for value in (*beta.values, *llw.values):
-        assert set(claims.HELD_OUT) <= set((beta.run(value) if value in beta.values else llw.run(value)).overrides)
-    pdns = {pdn(v) for v in ("8nb_1m", "24nb_1m", "24nb_2m")}
-    assert {r.name for r in runs.values() if "pdn_layer_loss_weight" in r.sweeps} == pdns
-    # each weighting scheme's beta from its own sweep, as DA Table 1's (the neighbor scheme's two decades lower too)
-    assert {r.name for r in runs.values() if "da_beta" in r.sweeps} == {da("sqrt")}
-    assert {w: study.sweeps[f"da_beta_{w}"].values for w in ("none", "signal", "neighbor")} == {
-        "none": beta.values, "signal": beta.values, "neighbor": (0.03, 0.1) + beta.values}
-    assert runs[da("neighbor")].sweeps == ("da_beta_neighbor",)
-    shared = claims.study(beta_per_weighting=False).runs.values()
-    assert {r.name for r in shared if "da_beta" in r.sweeps} == {da(w) for w in claims.WEIGHTINGS}
+    assert {runs[da(w)].sweeps[-1] for w in claims.WEIGHTINGS} == {"da_beta", "da_beta_none", "da_beta_signal",
+                                                                   "da_beta_neighbor"}
+    for sweep in sweeps.values():
+        assert set(claims.HELD_OUT) <= set(sweep.run(sweep.values[0]).overrides)
+    # both readings of the self term and of T in the propagation rows; da_loss with no pass and one pass
+    rows = _claim(study, "propagation").comparisons
+    assert len(rows) == 2 * 2 * 4 and all(c.paired for c in rows)
+    assert {(c.better.reading, c.better.passes, c.worse.passes) for c in rows if "T = 1 > T = 0" in c.statement} == {
+        (term, a, b) for term in ("current", "original") for a, b in ((1, 0), (2, 1))}
+    assert [c.better.passes for c in _claim(study, "da_loss").comparisons] == [None, 1, 1]
     # every run and sweep run is a config the project accepts
-    for run in [*runs.values(), *[s.run(s.values[0]) for s in claims.study(True).sweeps.values()]]:
-        job = claims.make_job(run, 0, 10, "/r", {s: study.sweeps.get(s, beta).values[0] for s in run.sweeps},
-                              {s: "x" for s in run.sweeps})
-        check_config(_config(job))
+    plan = claims.Plan(study, study.claims, 10, 1, "/r")
+    selected = _select_all(plan)
+    for run in [*runs.values(), *[s.run(s.values[0]) for s in sweeps.values()]]:
+        check_config(_config(claims.make_job(run, 0, 10, "/r", selected, plan.short)))
 
 
 def test_the_commands_set_the_planned_values(monkeypatch):
     """Each job's `python -m experiments.voc` arguments, parsed as that command parses them, give the config the
-    study plans (and the skip check compares with): arg, steps, seed and every override."""
-    study = claims.study(beta_per_weighting=True)
+    study plans (and the skip check compares with): arg, steps, seed and every override, nested rates included."""
+    study = claims.study()
     plan = claims.Plan(study, study.claims, 30, 2, "/runs")
-    selected = {name: sweep.values[1] for name, sweep in study.sweeps.items()}
-    jobs = plan.all_jobs() + [claims.make_job(run, 1, 30, "/runs", selected, plan.short) for run in study.runs.values()]
-    jobs = [job for job in jobs if job.workdir]
-    # 5 sweeps, neighbor's of 5 values, the others' of 3; 7 runs need no sweep; every run at a selected value
-    assert len(jobs) == 3 * 4 + len(claims.NEIGHBOR_BETAS) + 7 * 2 + 14
+    selected = _select_all(plan)
+    jobs = [job for sweep in plan.sweeps for job in plan.sweep_jobs(sweep, selected)] + plan.claim_jobs(None, selected)
+    assert all(job.workdir for job in jobs)
+    assert len(jobs) == sum(len(s.values) for s in study.sweeps.values()) + 2 * len(study.runs)
+    assert any("affinity_rates=(6,(8,16),12)" in " ".join(job.train_argv()) for job in jobs)
     for job in jobs:
         values = flags.FlagValues()
         config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
@@ -139,38 +146,13 @@ def test_unknown_claim_names_the_known_ones():
         claims.chosen_claims(study, ["walk"])
 
 
-@pytest.mark.parametrize("delta, spread, verdict", [
-    (0.05, 0.02, "yes"), (0.02, 0.02, "within noise"), (0.01, 0.02, "within noise"), (-0.02, 0.02, "within noise"),
-    (-0.05, 0.02, "no"), (0.03, None, "yes (spread unknown)"), (-0.01, None, "no (spread unknown)"),
-    (0.0, None, "no difference (spread unknown)"), (4e-5, None, "no difference (spread unknown)")])
-def test_the_judging_rule(delta, spread, verdict):
-    assert claims.judge(compare.Difference(delta, spread)) == verdict
-
-
-def _plan(tmp_path, only, seeds=2, steps=20, study=None):
-    study = study or claims.study()
-    return claims.Plan(study, claims.chosen_claims(study, only), steps, seeds, str(tmp_path / "runs"))
-
-
-def test_the_difference_of_two_metrics_takes_the_larger_spread(tmp_path):
-    plan = _plan(tmp_path, ["difnet_vs_simdeeplab"], seeds=3)
-    jobs = plan.claim_jobs()[:3]
-    for job, (miou, layer) in zip(jobs, [(0.50, 0.40), (0.52, 0.41), (0.54, 0.42)]):
-        _fake_run(job, miou, heads={"layer1": layer})
-    group = compare.SeedGroup("g", [claims.read_record(job) for job in jobs])
-    d = claims.difference(group, "val/miou", group, "val/miou_layer1")
-    assert (d.delta, d.spread) == (pytest.approx(0.11), pytest.approx(0.02))  # stds 0.02 and 0.01
-
-
 def test_finished_runs_are_skipped_so_that_a_study_resumes(tmp_path):
-    plan = _plan(tmp_path, ["difnet_vs_simdeeplab"])
-    difnet0, difnet1, sim0, sim1, *pretrained = plan.claim_jobs()
-    for job in pretrained:  # the claim's fine-tuned pair, finished
-        _fake_run(job, 0.7)
-    _fake_run(difnet0, 0.6)  # finished
-    _fake_run(difnet1, 0.6, trained_to=10, eval_steps=[10])  # stopped half way
-    _fake_run(sim0, 0.5, eval_steps=[10])  # trained to the end, stopped during the final evaluation
-    assert [claims.done(job)[0] for job in (difnet0, difnet1, sim0, sim1)] == [True, False, False, False]
+    plan = _plan(tmp_path, ["walks"])
+    full0, full1, dropped0, dropped1 = plan.claim_jobs()
+    _fake_run(full0, 0.6)  # finished
+    _fake_run(full1, 0.6, trained_to=10, eval_steps=[10])  # stopped half way
+    _fake_run(dropped0, 0.5, eval_steps=[10])  # trained to the end, stopped during the final evaluation
+    assert [claims.done(job)[0] for job in (full0, full1, dropped0, dropped1)] == [True, False, False, False]
     trainings = []
 
     def train(job):
@@ -183,30 +165,11 @@ def test_finished_runs_are_skipped_so_that_a_study_resumes(tmp_path):
             _fake_run(job, 0.5)
 
     claims.execute(plan, train, evaluate=lambda job: pytest.fail("nothing to evaluate"))
-    assert trainings == [difnet1.workdir, sim0.workdir, sim1.workdir]
+    assert trainings == [full1.workdir, dropped0.workdir, dropped1.workdir]
     claims.execute(plan, lambda job: pytest.fail(f"{job.workdir} is finished"), lambda job: pytest.fail("no"))
-    # a run that ends unfinished stops the study
-    plan = _plan(tmp_path, ["walks"])
-    with pytest.raises(claims.StudyStopped, match="walks135_scratch_steps20_seed0 is unfinished"):
+    plan = _plan(tmp_path / "other", ["walks"])
+    with pytest.raises(claims.StudyStopped, match="difnet18_scratch_steps20_seed0 is unfinished"):
         claims.execute(plan, train=lambda job: None, evaluate=lambda job: None)
-
-
-def test_runs_of_sub_point_claims_train_one_seed_and_the_report_says_why(tmp_path):
-    plan = _plan(tmp_path, ["weighting", "pdn"], seeds=3)
-    jobs = plan.claim_jobs(selected={"da_beta": 1.2, "pdn_layer_loss_weight": 0.1})
-    seeds = {}
-    for job in jobs:
-        seeds.setdefault(job.run.name, []).append(job.seed)
-    assert seeds == {"pdn18_24nb_1m_pretrained": [0, 1, 2], "pdn18_8nb_1m_pretrained": [0, 1, 2],
-                     "simdeeplab18_pretrained": [0, 1, 2], "pdn18_24nb_2m_pretrained": [0],
-                     "deeplabv3plus18_affinity_sqrt_pretrained": [0, 1, 2],
-                     "deeplabv3plus18_affinity_neighbor_pretrained": [0],
-                     "deeplabv3plus18_affinity_signal_pretrained": [0],
-                     "deeplabv3plus18_affinity_none_pretrained": [0]}
-    sqrt = plan.study.runs["deeplabv3plus18_affinity_sqrt_pretrained"]
-    assert _plan(tmp_path, ["weighting"], seeds=1).seeds_of(sqrt) == 1
-    text = claims.markdown(plan, "cmd", "an estimate", date="2026-01-02")
-    assert "Runs with fewer than 3 seeds: PDN-18 24NB-2M (pretrained);" in text and claims.FEWER_SEEDS in text
 
 
 def test_a_workdir_holding_another_run_is_refused(tmp_path):
@@ -219,78 +182,125 @@ def test_a_workdir_holding_another_run_is_refused(tmp_path):
         claims.execute(plan, train=lambda job: None, evaluate=lambda job: None)
 
 
-def test_sweeps_select_on_held_out_data_and_propagation_is_evaluated(tmp_path):
-    plan = _plan(tmp_path, ["propagation"], seeds=1)
-    (sweep,) = plan.sweeps
-    assert sweep.name == "da_beta" and all(job.pending == ["da_beta"] for job in plan.claim_jobs())
-    for job, miou in zip(plan.sweep_jobs(sweep), (0.40, 0.55, 0.50)):
-        assert os.path.basename(os.path.dirname(job.workdir)) == "sweeps"
+def _fake_propagation_report(job, heads):
+    record = claims.trained(job.workdir)
+    with open(claims.propagation_report(record), "w") as f:
+        json.dump({"miou": 0.6, "heads": heads}, f)
+
+
+def test_chained_sweeps_then_lambda_by_evaluation_then_claim_runs_with_both_readings(tmp_path):
+    """da_rates selects first; da_beta runs at its selection; the selected held-out run is evaluated with every
+    lambda and both self terms and each reading keeps its best lambda; the claim runs are trained, then evaluated at
+    those lambdas with the passes of both readings of T; the paired rows judge T against T on the same runs."""
+    plan = _plan(tmp_path, ["propagation"], seeds=2)
+    assert [s.name for s in plan.sweeps] == ["da_rates", "da_beta"]
+    work = plan.work()
+    assert [job.run.name for job, _ in work] == [f"da_rates_rates{claims._text(v)}" for v in claims.RATE_CANDIDATES]
+    assert all(job.pending == ["da_rates", "da_beta"] for job in plan.claim_jobs())
+    trained = []
+
+    def train(job):
+        trained.append(job.run.name)
+        miou = {"da_rates_rates(6,(8,16),12)": 0.58, "da_beta_beta3.0": 0.57}.get(job.run.name, 0.5)
         _fake_run(job, miou)
-        assert claims.trained(job.workdir).config.data.eval_split == "train[90%:]"
-    assert plan.selected()["da_beta"] == 1.2
-    (job,) = plan.claim_jobs()
-    assert job.workdir.endswith("deeplabv3plus18_affinity_sqrt_pretrained_beta1.2_steps20_seed0")
-    assert "--config.model.deeplabv3plus.affinity_beta=1.2" in job.train_argv()
+
     evaluations = []
 
     def evaluate(job):
         evaluations.append(job.evaluate_argv())
-        record = claims.trained(job.workdir)
-        with open(claims.propagation_report(record), "w") as f:
-            json.dump({"miou": 0.6, "heads": {"propagate_T1": 0.62, "propagate_T3": 0.63, "propagate_T10": 0.61,
-                                              "oracle_T1": 0.7, "oracle_T3": 0.72, "oracle_T10": 0.75}}, f)
+        if "/sweeps/" in job.workdir:  # held out: lambda 24 best for current, 100 for original (mean over T)
+            heads = {claims.PropagationSweep.head(t, lam, term): 0.5 + (0.01 if (term, lam) in
+                     (("current", 24.0), ("original", 100.0)) else 0) for t in claims.SWEEP_PASSES
+                     for lam in claims.PROPAGATION_LAMBDAS for term in ("current", "original")}
+        else:
+            seed = int(job.workdir[-1])
+            heads = {h: 0.6 + 0.001 * int(h.split("_T")[1].split("_")[0]) + 0.002 * seed + (0.1 if "oracle" in h else 0)
+                     for h in job.heads}
+        _fake_propagation_report(job, heads)
 
-    claims.execute(plan, train=lambda job: _fake_run(job, 0.6), evaluate=evaluate)
-    assert evaluations == [[f"--workdir={job.workdir}", "--propagate=1,3,10", "--propagate_oracle=1,3,10"]]
-    assert claims.done(job) == (True, True)
-    rows = {row.comparison.statement: row for row in claims.rows(plan) if row.claim.name == "propagation"}
-    assert rows["own affinity: T = 1 > T = 0"].ours == "62.00 ± n/a (n = 1) vs 60.00 ± n/a (n = 1)"
-    assert rows["own affinity: T = 1 > T = 0"].verdict == "yes (spread unknown)"
-    assert rows["own affinity: T = 10 > T = 3"].verdict == "no (spread unknown)"
-    assert rows["ground-truth affinity T = 10 > own affinity T = 10"].verdict == "yes (spread unknown)"
+    claims.execute(plan, train, evaluate)
+    selected = plan.selected()
+    assert selected["da_rates"] == (6, (8, 16), 12) and selected["da_beta"] == 3.0
+    assert selected["da_propagation"] == {"current": 24.0, "original": 100.0}
+    assert [name for name in trained if name.startswith("da_beta")] == [f"da_beta_beta{b}" for b in (0.3, 1.2, 3.0)]
+    sweep_flags, *claim_flags = evaluations
+    assert "--propagate_lambda=1.5,6,24,100" in sweep_flags and sweep_flags[0].endswith(
+        "da_beta_beta3.0_rates(6,(8,16),12)_steps20_seed0")
+    assert claim_flags[0][1:] == ["--propagate=1,2,3,4,10,11", "--propagate_oracle=1,2,3,4,10,11",
+                                  "--propagate_lambda=24,100", "--propagate_self_term=current,original"]
+    rows = {row.comparison.key: row for row in claims_report.rows(plan) if row.claim.name == "propagation"}
+    row = rows["own_T3_T1_current_T passes"]
+    assert row.verdict == "yes" and "paired t, n 2 / 2" in row.interval  # +0.002 at every seed: a paired yes
+    assert rows["oracle_T10_original_T passes after a first"].verdict == "yes"
+    row = rows["own_T1_T0_current_T passes"]  # no propagation: the fake runs' val/miou, 0.50 at both seeds
+    assert row.ours == "60.20 ± 0.14 (n = 2) vs 50.00 ± 0.00 (n = 2)" and row.verdict == "not testable"
 
 
-def _claim_rows(text):
-    lines = text.splitlines()
-    start = lines.index("| claim | paper's figure | ours (mean ± std, n) | reproduced in direction | note |") + 2
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            return rows
-        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
-    return rows
-
-
-def test_the_report_writes_not_run_for_claims_without_runs(tmp_path):
+def test_the_report_has_intervals_not_run_rows_changes_and_edges(tmp_path):
     plan = _plan(tmp_path, None)
-    text = claims.markdown(plan, "python -m experiments.claims --steps=20 --seeds=2", "an estimate", date="2026-01-02")
-    table = _claim_rows(text)
-    assert len(table) == sum(len(c.comparisons) for c in plan.study.claims)
-    assert all(row[2:4] == ["not run", "not run"] and row[4].startswith("missing: ") for row in table)
-    assert "2026-01-02" in text and "python -m experiments.claims --steps=20 --seeds=2" in text
-
-    for job, miou in zip(_plan(tmp_path, ["difnet_vs_simdeeplab"]).claim_jobs(), (0.60, 0.62, 0.50, 0.51)):
+    text = claims_report.markdown(plan, "python -m experiments.claims --steps=20 --seeds=2", "an estimate",
+                                  date="2026-01-02")
+    lines = text.splitlines()
+    start = lines.index(claims_report.table(plan, [])[0]) + 2
+    table = [line for line in lines[start:] if line.startswith("|")][:sum(len(c.comparisons)
+                                                                             for c in plan.study.claims)]
+    assert all("| not run |" in line for line in table)
+    assert "2026-01-02" in text and "0 of " in text and "No verdict has moved yet" in text
+    for job, miou in zip(_plan(tmp_path, ["walks"]).claim_jobs(), (0.60, 0.62, 0.50, 0.51)):
         _fake_run(job, miou)
-    table = [line for line in claims.markdown(plan, "cmd", "est").splitlines()
-             if line.startswith("| DifNet-18 > Sim-DeepLab-18, from scratch")]
-    assert table == ["| DifNet-18 > Sim-DeepLab-18, from scratch | 70.17 vs 66.33 (depth 18) (DifNet Table 1) | "
-                     "61.00 ± 1.41 (n = 2) vs 50.50 ± 0.71 (n = 2) | yes | Δ +10.50 points, spread 1.41 |"]
-    rows = claims.rows(plan)
-    assert all(row.verdict == "not run" for row in rows if row.claim.name != "difnet_vs_simdeeplab")
+    for job, miou in zip(_plan(tmp_path, ["difnet_vs_simdeeplab"]).claim_jobs()[:4], (0.60, 0.61, 0.60, 0.62)):
+        if not os.path.isdir(job.workdir):
+            _fake_run(job, miou)
+    rows = {row.comparison.key: row for row in claims_report.rows(plan)}
+    assert rows["walks"].verdict == "yes" and rows["walks"].interval.startswith("+10.50 [")
+    assert rows["walks"].interval.endswith("(Welch, n 2 / 2)")
+    assert rows["difnet_scratch"].verdict == "within noise"  # 61.00 ± 1.41 vs 61.00 ± 1.41
+    assert rows["pdn_24_8"].verdict == "not run"
+    changed = claims_report.changes(list(rows.values()))
+    assert changed == [f"- DifNet-18 > Sim-DeepLab-18, from scratch: yes -> **within noise** "
+                       f"({rows['difnet_scratch'].claim.changes}).",
+                       f"- {rows['walks'].comparison.statement}: within noise -> **yes** "
+                       f"({rows['walks'].claim.changes})."]
+    # a selection at the end of its grid is called a bound
+    for job, miou in zip(plan.sweep_jobs(plan.study.sweeps["difnet_lr"]), (0.5, 0.6)):
+        _fake_run(job, miou)
+    for job, miou in zip(plan.sweep_jobs(plan.study.sweeps["pdn_init"]), (0.5, 0.6)):
+        _fake_run(job, miou)
+    for job, miou in zip(plan.sweep_jobs(plan.study.sweeps["pdn_layer_loss_weight"]), (0.6, 0.5, 0.5, 0.5, 0.5)):
+        _fake_run(job, miou)
+    section = "\n".join(claims_report.sweeps_section(plan, plan.selected()))
+    assert "| 0.01 | 60.00 | yes (at the edge of its grid: a bound) |" in section
+    assert "10.0 (one rate, x10 everywhere: main.sh) | 60.00 | yes |" in section
+
+
+def test_the_ledger_keeps_finished_runs_and_restores_them(tmp_path):
+    plan = _plan(tmp_path, ["walks"], seeds=2)
+    ledger = claims.Ledger(str(tmp_path / "ledger.jsonl"))
+    for job, miou in zip(plan.claim_jobs(), (0.60, 0.62, 0.50, 0.51)):
+        _fake_run(job, miou)
+        ledger.add(job, plan.runs_dir)
+    ledger.add(plan.claim_jobs()[0], plan.runs_dir)  # added twice: one line
+    assert len(ledger.entries()) == 4 and "difnet18_scratch_steps20_seed0" in ledger.entries()
+    before = [row.interval for row in claims_report.rows(plan)]
+    fresh = _plan(tmp_path / "fresh", ["walks"], seeds=2)
+    assert ledger.restore(fresh.runs_dir) == 4 and ledger.restore(fresh.runs_dir) == 0
+    assert all(claims.done(job) == (True, True) for job in fresh.claim_jobs())
+    assert [row.interval for row in claims_report.rows(fresh)] == before
 
 
 def test_dry_run_lists_the_runs_and_starts_nothing(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "claims.md"
     result = subprocess.run(
         [sys.executable, "-m", "experiments.claims", "--dry_run", "--only=difnet_vs_simdeeplab,pdn", "--seeds=2",
-         "--steps=10", "--scratch_steps=20", f"--runs_dir={runs}", f"--out={out}"],
+         "--steps=10", "--scratch_steps=20", f"--runs_dir={runs}", f"--out={out}",
+         f"--ledger={tmp_path / 'ledger.jsonl'}"],
         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     commands = [line for line in lines if "python -m experiments.voc" in line]
-    assert len(commands) == 3 + 2 * 4  # the layer-loss sweep; DifNet, Sim-DeepLab from scratch and pretrained
-    assert sum("waits for sweep(s) pdn_layer_loss_weight" in line for line in lines) == 2 + 2 + 1  # 2M: one seed
-    assert any("Estimated CPU time" in line for line in lines)
+    # the sweeps without a dependency (init, both lr groupings: 2 each), DifNet and Sim-DeepLab from scratch
+    assert len(commands) == 3 * 2 + 2 * 2
+    assert sum("waits for sweep(s)" in line for line in lines) == 5 + 2 * 2 + 3 * 2  # llw; fine-tuned; PDN
+    assert any("Estimated training time" in line for line in lines)
     assert f"--workdir={runs}/difnet18_scratch_steps20_seed1" in result.stdout  # --scratch_steps
-    assert f"--workdir={runs}/difnet18_pretrained_steps10_seed1" in result.stdout  # --steps
     assert not runs.exists() and not out.exists()

@@ -1,41 +1,49 @@
-"""Each paper's claims, in direction, on the embedded data (DESIGN.md section 7; issue 21): the study's table, which
-runs it needs, which are finished, and how each claim is judged.
+"""Each paper's claims, in direction, on the embedded data (DESIGN.md section 7; issues 21 and 28): the study's runs,
+which are finished, and the hyper-parameters chosen on held-out train data. `claims_report` judges and writes it.
 
-  python -m experiments.claims                   # every claim, 3 seeds (400 steps tuning, 1,000 from scratch): 3.3 h
   python -m experiments.claims --dry_run         # the runs and the estimated CPU time, nothing started
+  python -m experiments.claims                   # every claim, 5 seeds, two trainings at once on 2 cores
 
-`CLAIMS` (built by `study`) lists the claims of issue 21's table; each is a list of `Comparison`s, "a > b" between
-two `Quantity`s (a run group's final `val/<metric>`), read against the paper's figures. The two protocols:
+`study()` lists the claims; each is a list of `Comparison`s, "a > b" between two `Quantity`s (a run group's final
+`val/<metric>`), read against the paper's figures. The two protocols:
 - from scratch, `VARIANT,synthetic`: DifNet and Sim-DeepLab, as DifNet's paper trains them (Sec. 5.1: "from scratch"),
   so its Table 1 and its walk ablation are judged in its own protocol; DifNet's affinity-supervised transitions (the
   project's own question) against the same DifNet runs.
 - pretrained, `VARIANT,synthetic,pretrained`: the fine-tuning methods, PDN with its DeepLab baseline (Sim-DeepLab,
   DeepLab-v2 without CRF) and DeepLabv3+ with and without Dilated Affinity, from the synthetic ImageNet as their
-  papers fine-tune from ImageNet.
-Every run is at depth 18 (the CPU's budget), seeds 0..n-1. Two choices where the papers' setting is out of reach:
-DifNet's walk ablation is DifNet-50's in the paper (Sec. 5.3), here DifNet-18's; DA's weighting ablation (Table 1)
-uses R = {8, 16, 32, 64} and a beta cross-validated per scheme, here the study's R (the variant's {8, (12, 24), 16},
-scaled) and a beta selected for each scheme as the paper's (`study(beta_per_weighting=False)`: the sqrt scheme's
-for all four).
+  papers fine-tune from ImageNet; and DifNet against Sim-DeepLab fine-tuned, the protocol of the DifNet authors'
+  released code (`main.py` loads torchvision's ImageNet weights into both ResNets).
+Every run is at depth 18 (the CPU's budget), seeds 0..n-1 (5 by default: every claim row).
 
 Hyper-parameters the papers chose by cross-validation are chosen on held-out *train* data (`HELD_OUT`: the first 90 %
-of the train split trains, the last 10 % evaluates; never the validation split): a `Sweep` trains one seed per value
-and the claim runs use the value of the best held-out final mIoU (`Selected`). DA's beta is swept under the loss's
-mean over pairs (`model.deeplabv3plus.affinity_reduction`), PDN's layer-loss weight on 24NB-1M (8NB and 2M use it).
+of the train split trains, the last 10 % evaluates; never the validation split). A `Sweep` trains one seed per value
+and the claim runs use the value of the best held-out final mIoU (`Selected`); a sweep may itself use another's
+selection (`da_beta` runs at the selected rates). The sweeps (issue 28, section 1):
+- `da_rates`, Dilated Affinity's R: "R = {8, (12, 24), 16}" was chosen on validation results (DA Table 2); the
+  candidates are the pixel-scaled set of the `synthetic` modifier (3, (4, 8), 6) (0.75 to 2 stride-4 decoder cells),
+  a middle set and the paper's pixels (8, (12, 24), 16), which keep the paper's 2 to 6 decoder cells.
+- `da_beta`, `da_beta_<weighting>`: the loss weight beta per weighting scheme, as DA Table 1's protocol.
+- `da_propagation`: "lambda is a weight parameter whose value is selected by cross-validation" (Sec. 3.3) and the
+  reading of Eq. 6's self term (`affinity.SELF_TERMS`): the held-out run of `da_beta`'s selection is evaluated with
+  every lambda of `PROPAGATION_LAMBDAS` and both self terms, and each reading keeps the lambda of its best mean
+  held-out mIoU over T = 1, 3, 10 passes (evaluations, no training).
+- `pdn_init`: PDN Sec. 4, "randomly initialized from a Gaussian distribution with the mean 0 and the variance 0.01"
+  (`pdn.INIT_STDS`: std 0.01 as Caffe's filler, or 0.1 as written), under the pretrained protocol PDN's claims use.
+- `pdn_layer_loss_weight` at the selected init, on 24NB-1M (8NB and 2M use it).
+- `difnet_lr`, `simdeeplab_lr`: the DifNet authors' `main.sh` trains every parameter in one SGD group (2.5e-4 x 10,
+  `LambdaLR(lambda step: 10 * poly)`), the fine-tuning protocol gives backbones x1 and new layers x10: the grouping is
+  chosen on held-out data the same way for DifNet and Sim-DeepLab (`train.pretrained_lr_scale` 1 or 10).
 
 A run is finished when its metrics.jsonl holds the evaluation at config.train.num_steps (and, for the runs evaluated
-with affinity propagation, the propagation report is written): the study skips it, so an interrupted study resumes.
-
-Judging (`judge`): with Delta = mean(a) - mean(b) in the paper's direction and the spread = the larger sample std of
-the two groups (`compare.difference`'s), "yes" when Delta > spread, "within noise" when |Delta| <= spread, "no" when
-Delta < -spread; a group with a single run has no spread: the direction only, marked "(spread unknown)". A claim
-without finished runs is "not run": the report never holds a number that was not measured.
+with affinity propagation, the propagation report holds the heads the selection asks for): the study skips it, so an
+interrupted study resumes. Finished runs are also written to a ledger (`Ledger`, docs/results/claims_runs.jsonl,
+committed): the config and final evaluation of each, from which a later session's empty runs folder is restored, so
+the study goes on across machines and sessions.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import difflib
 import json
 import logging
@@ -46,6 +54,7 @@ from typing import Any
 from difnet_jax import pretraining, trained_run
 from difnet_jax.config_errors import ArgumentError, ConfigError
 from difnet_jax.evaluation.report import report_basename
+from difnet_jax.models import affinity
 from difnet_jax.run_log import MetricsLog
 from difnet_jax.studies import compare
 
@@ -56,28 +65,27 @@ PRETRAINED = "synthetic,pretrained"
 PROTOCOLS = {SCRATCH: "from scratch", PRETRAINED: "pretrained"}
 CONFIG_FILE = "experiments/configs/voc.py"  # any dataset file: `synthetic` swaps in synthetic_shapes
 HELD_OUT = (("data.train_split", "train[:90%]"), ("data.eval_split", "train[90%:]"))
-PROPAGATION_ITERATIONS = (1, 3, 10)  # DA Table 4's T, without 6
-EVALUATE_FLAGS = (f"--propagate={','.join(map(str, PROPAGATION_ITERATIONS))}",
-                  f"--propagate_oracle={','.join(map(str, PROPAGATION_ITERATIONS))}")
+SEEDS = 5
+# DA Tables 3-4's T = 0, 1, 3, 10 under both readings of what T counts (`T_READINGS`): every pass count either needs.
+PROPAGATION_PASSES = (1, 2, 3, 4, 10, 11)
+T_READINGS = {"T passes": {0: 0, 1: 1, 3: 3, 10: 10}, "T passes after a first": {0: 1, 1: 2, 3: 4, 10: 11}}
+SWEEP_PASSES = (1, 3, 10)  # the passes the lambda sweep averages over
+PROPAGATION_LAMBDAS = (1.5, 6.0, 24.0, 100.0)  # around the paper's 6
 WEIGHTINGS = ("none", "signal", "neighbor", "sqrt")
-BETAS = (0.3, 1.2, 3.0)  # Dilated Affinity's beta, held-out sweep: around the paper's 1.2 (sqrt) and 0.25 (neighbor)
-# The neighbor scheme's weights freq(n8)/freq(n_k) span 1 to 172,649 on the synthetic scenes (sqrt's 1 to 416):
-# its held-out mIoU still rose at the grid's smallest beta (0.07 / 0.17 / 0.35 at 3.0 / 1.2 / 0.3), so its sweep
-# reaches two decades lower, where the optimum is bracketed.
-NEIGHBOR_BETAS = (0.03, 0.1) + BETAS
-# Time estimates where no finished run of a variant was measured: DifNet-18's 1,000 synthetic steps took 19 min 10 s
-# of wall time while other jobs shared the two cores (README, Quick start), 1.15 s a step; these round up.
-DEFAULT_SECONDS_PER_STEP = 1.2
+# Dilated Affinity's beta, held-out sweeps: around the paper's 1.2 (sqrt) and 0.25 (neighbor). The last study selected
+# neighbor 0.03 and signal 0.3, each at the edge of its grid: their grids reach lower (issue 28, item 1.6). The
+# neighbor scheme's weights freq(n8)/freq(n_k) span 1 to 172,649 on the synthetic scenes (sqrt's 1 to 416).
+BETAS = {"sqrt": (0.3, 1.2, 3.0), "none": (0.3, 1.2, 3.0), "signal": (0.03, 0.1, 0.3, 1.2, 3.0),
+         "neighbor": (0.003, 0.01, 0.03, 0.1, 0.3, 1.2)}
+RATE_CANDIDATES = ((3, (4, 8), 6), (6, (8, 16), 12), (8, (12, 24), 16))  # pixels; module docstring
+LAYER_LOSS_WEIGHTS = (0.01, 0.03, 0.1, 0.3, 1.0)  # the last study's 0.1 was the grid's edge
+LR_GROUPINGS = (1.0, 10.0)  # train.pretrained_lr_scale: backbones x1 (new layers x10), or one rate x10 everywhere
+# Time estimates where no finished run of a variant was measured (DifNet-18's synthetic step, 2 threads: 0.33 s).
+DEFAULT_SECONDS_PER_STEP = 0.6
 SECONDS_PER_RUN = 60.0  # process start, data, compilation: not in metrics.jsonl's 'time'
-SECONDS_PER_PROPAGATION = 180.0  # experiments.evaluate with 3 + 3 propagation heads over 300 scenes
-SECONDS_TO_PRETRAIN = 300.0  # the synthetic ImageNet ResNet-18, once (README: 2 min 41 s)
+SECONDS_PER_PROPAGATION = 180.0  # experiments.evaluate with the propagation heads over 300 scenes
+SECONDS_TO_PRETRAIN = 300.0  # the synthetic ImageNet ResNet-18, once
 MIN_STEPS_TO_MEASURE = 100  # shorter runs' time per step is mostly compilation
-# Runs trained with one seed only, to keep the study within a few hours of the 2-core CPU: each is compared only in
-# a claim whose paper gap is under a point (DA Table 1's weightings, 0.4 points apart; PDN's 2M >= 1M, 0.7), which
-# no affordable number of seeds resolves on this benchmark; the report marks them "(spread unknown)".
-FEWER_SEEDS = ("runs compared only in sub-point claims of the papers (DA Table 1's none / signal / neighbor "
-               "weightings, PDN's 24NB-2M) have one seed: no affordable number of seeds resolves a gap that small "
-               "here, and the study stays within a few hours")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +105,6 @@ class Run:
     modifiers: str  # SCRATCH or PRETRAINED
     overrides: tuple[tuple[str, Any], ...] = ()  # (key under config, value or Selected)
     propagate: bool = False  # evaluated after training with own and ground-truth affinity propagation
-    max_seeds: int | None = None  # fewer seeds than the study's (`FEWER_SEEDS` says why); None: all of them
 
     @property
     def arg(self) -> str:
@@ -117,30 +124,76 @@ class Sweep:
     key: str
     values: tuple[Any, ...]
     base: Run
+    labels: tuple[tuple[Any, str], ...] = ()  # (value, what it means) where the value alone does not say
 
     def run(self, value) -> Run:
         return dataclasses.replace(self.base, name=f"{self.name}_{self.short}{_text(value)}",
                                    label=f"{self.base.label}, {self.short} {value}, held out",
                                    overrides=(*self.base.overrides, (self.key, value), *HELD_OUT), propagate=False)
 
+    def label(self, value) -> str:
+        return dict(self.labels).get(value, _text(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class PropagationSweep:
+    """lambda and the self-term reading of Eq. 6, chosen by evaluating the held-out run `source` selects."""
+
+    name: str
+    source: str  # the sweep whose selected held-out run is evaluated
+
+    def evaluate_flags(self) -> list[str]:
+        return [f"--propagate={','.join(map(str, SWEEP_PASSES))}",
+                f"--propagate_lambda={','.join(f'{lam:g}' for lam in PROPAGATION_LAMBDAS)}",
+                f"--propagate_self_term={','.join(affinity.SELF_TERMS)}"]
+
+    @staticmethod
+    def head(passes: int, lam: float, term: str, oracle: bool = False) -> str:
+        """The evaluator's head name (`report.propagation_refinements` with a lambda / self-term sweep)."""
+        return f"{'oracle' if oracle else 'propagate'}_T{passes}_lam{lam:g}_{term}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Quantity:
-    """A run group's final evaluation metric: `val/miou`, a head's `val/miou_<head>` (PDN's layers, propagation)."""
+    """A run group's final evaluation metric: `val/miou`, a head's `val/miou_<head>` (PDN's layers); `passes` (with
+    `reading`, a self term) is a propagation head at the lambda `da_propagation` selected for that reading."""
 
     run: str
     key: str = "val/miou"
+    passes: int | None = None  # None: `key`; 0: no propagation (`val/miou`); > 0: that many passes
+    reading: str = ""  # affinity.SELF_TERMS
+    oracle: bool = False
+
+    def metric(self, selected: dict[str, Any]) -> str | None:
+        """The metrics.jsonl key; None while the lambda of its reading is unselected."""
+        if self.passes is None or self.passes == 0 and not self.oracle:
+            return self.key
+        lams = selected.get("da_propagation")
+        if lams is None:
+            return None
+        return "val/miou_" + PropagationSweep.head(self.passes, lams[self.reading], self.reading, self.oracle)
+
+    def text(self) -> str:
+        return self.run + (f" {self.key}" if self.passes is None else
+                           f" {'oracle' if self.oracle else 'own'} {self.passes} pass(es), {self.reading}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """The paper's claim `better` > `worse` (>= when `at_least`), with the paper's figures."""
+    """The paper's claim `better` > `worse` (>= when `at_least`), with the paper's figures; `key` is the row's stable
+    name (`claims_report.PREVIOUS_VERDICTS`)."""
 
+    key: str
     statement: str
     paper: str
     better: Quantity
     worse: Quantity
     at_least: bool = False
+
+    @property
+    def paired(self) -> bool:
+        """Two metrics of the same runs (seed i gives both): a paired test; else two groups, Welch's."""
+        return self.better.run == self.worse.run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +203,15 @@ class Claim:
     source: str
     comparisons: tuple[Comparison, ...]
     note: str = ""
+    changes: str = ""  # what changed in its runs since the last table (claims_report's "what changed" list)
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
     runs: dict[str, Run]
     sweeps: dict[str, Sweep]
+    propagation: PropagationSweep
     claims: tuple[Claim, ...]
-
-    def claim(self, name: str) -> Claim:
-        return next(c for c in self.claims if c.name == name)
 
     def runs_of(self, claims: Iterable[Claim]) -> list[Run]:
         """The runs the claims compare, in order of first use."""
@@ -167,7 +219,23 @@ class Study:
         return [self.runs[name] for name in names]
 
     def sweeps_of(self, runs: Iterable[Run]) -> list[Sweep]:
-        return [self.sweeps[name] for name in dict.fromkeys(s for run in runs for s in run.sweeps)]
+        """The sweeps the runs need, each after the sweeps its own base needs."""
+        order: dict[str, None] = {}
+
+        def add(name: str) -> None:
+            if name == self.propagation.name:
+                add(self.propagation.source)
+                return
+            for dependency in self.sweeps[name].base.sweeps:
+                add(dependency)
+            order.setdefault(name)
+
+        for run in runs:
+            for name in run.sweeps:
+                add(name)
+            if run.propagate:
+                add(self.propagation.name)
+        return [self.sweeps[name] for name in order]
 
 
 def _text(value) -> str:
@@ -177,109 +245,67 @@ def _text(value) -> str:
     return str(value)
 
 
-def study(beta_per_weighting: bool = True) -> Study:
-    """The study of issue 21: the claims, their runs and the sweeps (module docstring)."""
-    llw, beta = Selected("pdn_layer_loss_weight"), Selected("da_beta")
-    da = lambda weighting, b: (("model.deeplabv3plus.affinity_weighting", weighting),  # noqa: E731
-                               ("model.deeplabv3plus.affinity_reduction", "mean_over_pairs"),
-                               ("model.deeplabv3plus.affinity_beta", b))
-    weighting_beta = {w: Selected(f"da_beta_{w}") if beta_per_weighting and w != "sqrt" else beta for w in WEIGHTINGS}
-    runs = [
+def _da(weighting: str, beta=None) -> tuple[tuple[str, Any], ...]:
+    """A Dilated Affinity run's overrides: the weighting, the loss's mean over pairs, the selected rates, beta."""
+    overrides = (("model.deeplabv3plus.affinity_weighting", weighting),
+                 ("model.deeplabv3plus.affinity_reduction", "mean_over_pairs"),
+                 ("model.deeplabv3plus.affinity_rates", Selected("da_rates")))
+    return overrides + ((("model.deeplabv3plus.affinity_beta", beta),) if beta is not None else ())
+
+
+def _runs() -> list[Run]:
+    lr = lambda family: (("train.pretrained_lr_scale", Selected(f"{family}_lr")),)  # noqa: E731
+    pdn_init = ("model.pdn.init", Selected("pdn_init"))
+    return [
         Run("difnet18_scratch", "DifNet-18", "difnet18", SCRATCH),
         Run("simdeeplab18_scratch", "Sim-DeepLab-18", "simdeeplab18", SCRATCH),
         Run("difnet18_walks135_scratch", "DifNet-18 without walks 2 and 4", "difnet18", SCRATCH,
             (("model.difnet.walks", (1, 3, 5)),)),
         Run("difnet18_transitions_scratch", "DifNet-18 + affinity on its transitions", "difnet18", SCRATCH,
             (("model.difnet.affinity_on_transitions", True),)),
-        Run("simdeeplab18_pretrained", "Sim-DeepLab-18", "simdeeplab18", PRETRAINED),
-        Run("difnet18_pretrained", "DifNet-18", "difnet18", PRETRAINED),
+        Run("simdeeplab18_pretrained", "Sim-DeepLab-18", "simdeeplab18", PRETRAINED, lr("simdeeplab")),
+        Run("difnet18_pretrained", "DifNet-18", "difnet18", PRETRAINED, lr("difnet")),
         *[Run(f"pdn18_{n}nb_{m}m_pretrained", f"PDN-18 {n}NB-{m}M", f"pdn18_{n}nb_{m}m", PRETRAINED,
-              (("model.pdn.layer_loss_weight", llw),), max_seeds=1 if m == 2 else None)
+              (pdn_init, ("model.pdn.layer_loss_weight", Selected("pdn_layer_loss_weight"))))
           for n, m in ((8, 1), (24, 1), (24, 2))],
         Run("deeplabv3plus18_pretrained", "DeepLabv3+-18", "deeplabv3plus18", PRETRAINED),
         *[Run(f"deeplabv3plus18_affinity_{w}_pretrained", f"DeepLabv3+-18 + dilated affinity, {w} weighting",
-              "deeplabv3plus18_affinity", PRETRAINED, da(w, weighting_beta[w]), propagate=w == "sqrt",
-              max_seeds=None if w == "sqrt" else 1)
+              "deeplabv3plus18_affinity", PRETRAINED,
+              _da(w, Selected("da_beta" if w == "sqrt" else f"da_beta_{w}")), propagate=w == "sqrt")
           for w in WEIGHTINGS],
     ]
-    runs = {run.name: run for run in runs}
-    sweeps = [
-        Sweep("da_beta", "beta", "model.deeplabv3plus.affinity_beta", BETAS,
-              Run("da_beta", "DeepLabv3+-18 + dilated affinity, sqrt weighting", "deeplabv3plus18_affinity",
-                  PRETRAINED, da("sqrt", None)[:2])),
-        Sweep("pdn_layer_loss_weight", "llw", "model.pdn.layer_loss_weight", (0.1, 0.3, 1.0),
-              Run("pdn_layer_loss_weight", "PDN-18 24NB-1M", "pdn18_24nb_1m", PRETRAINED)),
+
+
+def _sweeps() -> list[Sweep]:
+    da_base = lambda w: Run(f"da_beta_{w}" if w != "sqrt" else "da_beta",  # noqa: E731
+                            f"DeepLabv3+-18 + dilated affinity, {w} weighting", "deeplabv3plus18_affinity", PRETRAINED,
+                            _da(w))
+    pdn = Run("pdn_layer_loss_weight", "PDN-18 24NB-1M", "pdn18_24nb_1m", PRETRAINED)
+    lr_labels = ((1.0, "1.0 (backbones x1, new layers x10)"), (10.0, "10.0 (one rate, x10 everywhere: main.sh)"))
+    return [
+        Sweep("da_rates", "rates", "model.deeplabv3plus.affinity_rates", RATE_CANDIDATES,
+              dataclasses.replace(da_base("sqrt"), name="da_rates", overrides=_da("sqrt")[:2])),
+        Sweep("da_beta", "beta", "model.deeplabv3plus.affinity_beta", BETAS["sqrt"], da_base("sqrt")),
+        *[Sweep(f"da_beta_{w}", "beta", "model.deeplabv3plus.affinity_beta", BETAS[w], da_base(w))
+          for w in WEIGHTINGS if w != "sqrt"],
+        Sweep("pdn_init", "init", "model.pdn.init", ("caffe_std", "literal_variance"),
+              dataclasses.replace(pdn, name="pdn_init"),
+              (("caffe_std", "caffe_std (std 0.01)"), ("literal_variance", "literal_variance (std 0.1)"))),
+        Sweep("pdn_layer_loss_weight", "llw", "model.pdn.layer_loss_weight", LAYER_LOSS_WEIGHTS,
+              dataclasses.replace(pdn, overrides=(("model.pdn.init", Selected("pdn_init")),))),
+        *[Sweep(f"{family}_lr", "lrs", "train.pretrained_lr_scale", LR_GROUPINGS,
+                Run(f"{family}_lr", label, f"{family}18", PRETRAINED), lr_labels)
+          for family, label in (("difnet", "DifNet-18"), ("simdeeplab", "Sim-DeepLab-18"))],
     ]
-    if beta_per_weighting:
-        sweeps += [dataclasses.replace(sweeps[0], name=f"da_beta_{w}", base=dataclasses.replace(
-            sweeps[0].base, name=f"da_beta_{w}", label=f"DeepLabv3+-18 + dilated affinity, {w} weighting",
-            overrides=da(w, None)[:2]), values=NEIGHBOR_BETAS if w == "neighbor" else BETAS)
-            for w in WEIGHTINGS if w != "sqrt"]
-    sweeps = {sweep.name: sweep for sweep in sweeps}
 
-    def c(statement, paper, better, worse, at_least=False):
-        return Comparison(statement, paper, Quantity(*better) if isinstance(better, tuple) else Quantity(better),
-                          Quantity(*worse) if isinstance(worse, tuple) else Quantity(worse), at_least)
 
-    sqrt = "deeplabv3plus18_affinity_sqrt_pretrained"
-    weighting_paper = {"none": "77.52", "signal": "77.96", "neighbor": "78.40", "sqrt": "78.74"}
-    propagation_paper = {0: "78.62", 1: "78.91", 3: "79.09", 10: "79.21"}
-    claims = (
-        Claim("difnet_vs_simdeeplab", "DifNet > Sim-DeepLab at equal depth", "DifNet Table 1", (
-            c("DifNet-18 > Sim-DeepLab-18, from scratch", "70.17 vs 66.33 (depth 18)", "difnet18_scratch",
-              "simdeeplab18_scratch"),
-            c("DifNet-18 > Sim-DeepLab-18, fine-tuned from the synthetic ImageNet", "- (the paper trains from "
-              "scratch)", "difnet18_pretrained", "simdeeplab18_pretrained")),
-          "From scratch is the paper's protocol (Sec. 5.1); the pretrained row asks whether the gain survives the "
-          "other methods' fine-tuning protocol."),
-        Claim("walks", "dropping walks 2 and 4 costs about a point", "DifNet Sec. 5.3", (
-            c("DifNet-18 (walks 1-5) > DifNet-18 without walks 2 and 4 (walks 1, 3, 5), from scratch",
-              "about 1 point (DifNet-50)", "difnet18_scratch", "difnet18_walks135_scratch"),),
-          "The paper ablates DifNet-50; the study DifNet-18 (the CPU's budget), `model.difnet.walks=(1,3,5)`."),
-        Claim("pdn", "PDN 24NB > 8NB > its DeepLab baseline; 2M >= 1M; per-layer mIoU rises layer by layer",
-              "PDN Tables 2 and 4", (
-                  c("PDN-18 24NB-1M > PDN-18 8NB-1M", "37.02 vs 36.18 (ADE20K)", "pdn18_24nb_1m_pretrained",
-                    "pdn18_8nb_1m_pretrained"),
-                  c("PDN-18 8NB-1M > Sim-DeepLab-18 (DeepLab-v2)", "36.18 vs 35.07 (ADE20K)",
-                    "pdn18_8nb_1m_pretrained", "simdeeplab18_pretrained"),
-                  c("PDN-18 24NB-2M >= PDN-18 24NB-1M", "37.71 vs 37.02 (ADE20K)", "pdn18_24nb_2m_pretrained",
-                    "pdn18_24nb_1m_pretrained", at_least=True),
-                  *[c(f"PDN-18 24NB-1M: layer {t + 1} > layer {t}", f"{b} vs {a} (Person-Part)",
-                      ("pdn18_24nb_1m_pretrained", f"val/miou_layer{t + 1}"),
-                      ("pdn18_24nb_1m_pretrained", f"val/miou_layer{t}"))
-                    for t, a, b in ((1, "61.6", "61.8"), (2, "61.8", "62.4"), (3, "62.4", "62.5"))]),
-              "The layer-loss weight is selected on held-out train data with 24NB-1M and used by every PDN run. "
-              "The paper's figures are ResNet-101's (Table 4, ADE20K without BN synchronisation; Table 2, "
-              "PASCAL-Person-Part, its layers' own predictions)."),
-        Claim("da_loss", "the dilated-affinity loss improves DeepLabv3+", "DA Tables 4 and 5", (
-            c("DeepLabv3+-18 + dilated affinity (sqrt, selected beta) > DeepLabv3+-18, no propagation",
-              "78.62 vs 77.93 (VOC)", sqrt, "deeplabv3plus18_pretrained"),),
-          "Without propagation: what the loss alone does (DA Table 4, T = 0); 79.21 with 10 propagation iterations."),
-        Claim("weighting", "sqrt > neighbor > signal > none weighting", "DA Table 1", tuple(
-            c(f"{better} weighting > {worse} weighting", f"{weighting_paper[better]} vs {weighting_paper[worse]} "
-              "(VOC, R = {8, 16, 32, 64})", f"deeplabv3plus18_affinity_{better}_pretrained",
-              f"deeplabv3plus18_affinity_{worse}_pretrained")
-            for better, worse in zip(WEIGHTINGS[::-1], WEIGHTINGS[-2::-1])),
-            "The paper cross-validates beta per scheme (1.1 / 1.3 / 0.25 / 1.5); "
-            + ("the study too, each on held-out train data." if beta_per_weighting else
-               "the study uses the sqrt scheme's selected beta for all four (--nobeta_per_weighting).")
-            + " R is the variant's {8, (12, 24), 16} (scaled), not the table's {8, 16, 32, 64}."),
-        Claim("propagation", "propagation with the model's own affinity improves with T = 1, 3, 10; ground truth far "
-              "more", "DA Table 4", (
-                  *[c(f"own affinity: T = {t} > T = {s}", f"{propagation_paper[t]} vs {propagation_paper[s]}",
-                      (sqrt, f"val/miou_propagate_T{t}"), (sqrt, f"val/miou_propagate_T{s}" if s else "val/miou"))
-                    for s, t in zip((0, *PROPAGATION_ITERATIONS[:-1]), PROPAGATION_ITERATIONS)],
-                  c("ground-truth affinity T = 10 > own affinity T = 10", "83.59 vs 79.21",
-                    (sqrt, "val/miou_oracle_T10"), (sqrt, "val/miou_propagate_T10"))),
-              "The dilated-affinity runs of `da_loss` (sqrt weighting), evaluated with `python -m experiments.evaluate "
-              + " ".join(EVALUATE_FLAGS) + "`; T = 0 is the run's own evaluation."),
-        Claim("transitions", "affinity supervision on DifNet's P_t (the project's own question)", "-", (
-            c("DifNet-18 + affinity on its transitions > DifNet-18, from scratch", "- (no paper claim)",
-              "difnet18_transitions_scratch", "difnet18_scratch"),),
-          "No paper claims this: 'yes' means the supervision helps. `model.difnet.affinity_on_transitions=True`, "
-          "the synthetic rate (one seed-grid cell) and beta 1.0."),
-    )
-    return Study(runs, sweeps, claims)
+def study() -> Study:
+    """The study of issues 21 and 28: the claims, their runs and the sweeps (module docstring)."""
+    from difnet_jax.studies.claims_list import claims  # the table of claims, apart from the machinery
+
+    runs = {run.name: run for run in _runs()}
+    return Study(runs, {sweep.name: sweep for sweep in _sweeps()}, PropagationSweep("da_propagation", "da_beta"),
+                 claims())
 
 
 def chosen_claims(study_: Study, only: Sequence[str] | None) -> list[Claim]:
@@ -304,6 +330,8 @@ class Job:
     steps: int
     workdir: str | None
     overrides: tuple[tuple[str, Any], ...]  # resolved: Selected replaced by the sweep's value
+    evaluate_flags: tuple[str, ...] = ()  # experiments.evaluate's flags after training; () nothing to evaluate
+    heads: tuple[str, ...] = ()  # the heads its propagation report must hold
 
     @property
     def pending(self) -> list[str]:
@@ -320,7 +348,7 @@ class Job:
                 *[f"--config.{key}={_text(value)}" for key, value in self.overrides]]
 
     def evaluate_argv(self) -> list[str]:
-        return [f"--workdir={self.workdir}", *EVALUATE_FLAGS]
+        return [f"--workdir={self.workdir}", *self.evaluate_flags]
 
 
 def make_job(run: Run, seed: int, steps: int, runs_dir: str, selected: dict[str, Any], short: dict[str, str],
@@ -380,22 +408,28 @@ def propagation_report(record: compare.RunRecord) -> str:
     return os.path.join(record.workdir, name)
 
 
+def _report_heads(record: compare.RunRecord) -> dict[str, float]:
+    path = propagation_report(record)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("heads", {})
+
+
 def done(job: Job, load_config: compare.ConfigLoader = trained_run.load_config) -> tuple[bool, bool]:
-    """(trained, evaluated): whether JOB's training is finished and, for a propagation run, its report written."""
+    """(trained, evaluated): whether JOB's training is finished and its propagation report holds `job.heads`."""
     if job.workdir is None:
         return False, False
     record = trained(job.workdir, load_config)
     if record is None:
         return False, False
-    return True, not job.run.propagate or os.path.isfile(propagation_report(record))
+    return True, set(job.heads) <= set(_report_heads(record))
 
 
 def read_record(job: Job, load_config: compare.ConfigLoader = trained_run.load_config) -> compare.RunRecord | None:
     """JOB's finished run, its propagation report's heads added to the final evaluation as `val/miou_<head>`."""
     record = trained(job.workdir, load_config) if job.workdir else None
-    if record is not None and job.run.propagate and os.path.isfile(path := propagation_report(record)):
-        with open(path) as f:
-            heads = json.load(f).get("heads", {})
+    if record is not None and (heads := _report_heads(record)):
         record.evals[-1] = {**record.evals[-1], **{f"val/miou_{name}": value for name, value in heads.items()}}
     return record
 
@@ -416,167 +450,195 @@ class Plan:
         self.runs_dir, self.load_config = runs_dir, load_config
         self.runs = study_.runs_of(self.claims)
         self.sweeps = study_.sweeps_of(self.runs)
+        self.evaluates_propagation = any(run.propagate for run in self.runs)
         self.short = {name: sweep.short for name, sweep in study_.sweeps.items()}
 
-    def sweep_jobs(self, sweep: Sweep) -> list[Job]:
-        return [make_job(sweep.run(v), 0, self.steps_of(sweep.base), self.runs_dir, {}, self.short, "sweeps")
+    def sweep_jobs(self, sweep: Sweep, selected: dict[str, Any] | None = None) -> list[Job]:
+        selected = self.selected() if selected is None else selected
+        return [make_job(sweep.run(v), 0, self.steps_of(sweep.base), self.runs_dir, selected, self.short, "sweeps")
                 for v in sweep.values]
 
-    def sweep_results(self, sweep: Sweep) -> list[tuple[Any, float | None]]:
+    def sweep_results(self, sweep: Sweep, selected: dict[str, Any] | None = None) -> list[tuple[Any, float | None]]:
         """(value, final held-out mIoU or None while unfinished) for each value of the sweep."""
         results = []
-        for value, job in zip(sweep.values, self.sweep_jobs(sweep)):
-            record = trained(job.workdir, self.load_config)
+        for value, job in zip(sweep.values, self.sweep_jobs(sweep, selected)):
+            record = trained(job.workdir, self.load_config) if job.workdir else None
             results.append((value, None if record is None else record.evals[-1]["val/miou"]))
         return results
 
     def selected(self) -> dict[str, Any]:
-        """Each sweep's value of the best held-out final mIoU (the first on a tie), for the finished sweeps."""
-        chosen = {}
-        for sweep in self.study.sweeps.values():
-            results = self.sweep_results(sweep)
+        """Each finished sweep's value of the best held-out final mIoU (the first on a tie), a sweep after those its
+        base needs; 'da_propagation' -> {self term: lambda} once the propagation sweep is evaluated."""
+        chosen: dict[str, Any] = {}
+        for sweep in self.study.sweeps_of(self.study.runs.values()):
+            results = self.sweep_results(sweep, chosen)
             if all(miou is not None for _, miou in results):
                 chosen[sweep.name] = max(results, key=lambda r: r[1])[0]
+        if (table := self.propagation_results(chosen)) is not None:
+            chosen["da_propagation"] = {term: max(PROPAGATION_LAMBDAS, key=lambda lam: table[term, lam])
+                                        for term in affinity.SELF_TERMS}
         return chosen
+
+    def propagation_job(self, selected: dict[str, Any]) -> Job | None:
+        """The held-out run of the source sweep's selection, to be evaluated with the lambda / self-term sweep."""
+        source = self.study.propagation.source
+        if source not in selected:
+            return None
+        sweep = self.study.sweeps[source]
+        job = self.sweep_jobs(sweep, selected)[sweep.values.index(selected[source])]
+        job.evaluate_flags = tuple(self.study.propagation.evaluate_flags())
+        job.heads = tuple(PropagationSweep.head(t, lam, term) for t in SWEEP_PASSES for lam in PROPAGATION_LAMBDAS
+                          for term in affinity.SELF_TERMS)
+        return job
+
+    def propagation_results(self, selected: dict[str, Any]) -> dict[tuple[str, float], float] | None:
+        """(self term, lambda) -> mean held-out mIoU over SWEEP_PASSES; None until evaluated."""
+        job = self.propagation_job(selected)
+        if job is None or not done(job, self.load_config)[1]:
+            return None
+        heads = _report_heads(trained(job.workdir, self.load_config))
+        return {(term, lam): sum(heads[PropagationSweep.head(t, lam, term)] for t in SWEEP_PASSES) / len(SWEEP_PASSES)
+                for term in affinity.SELF_TERMS for lam in PROPAGATION_LAMBDAS}
 
     def steps_of(self, run: Run) -> int:
         return self.scratch_steps if run.modifiers == SCRATCH else self.steps
 
-    def seeds_of(self, run: Run) -> int:
-        """How many seeds `run` trains: the study's, or fewer where the run says (`FEWER_SEEDS`)."""
-        return min(self.seeds, run.max_seeds or self.seeds)
-
     def claim_jobs(self, runs: Iterable[Run] | None = None, selected: dict[str, Any] | None = None) -> list[Job]:
         selected = self.selected() if selected is None else selected
-        return [make_job(run, seed, self.steps_of(run), self.runs_dir, selected, self.short)
-                for run in (self.runs if runs is None else runs) for seed in range(self.seeds_of(run))]
+        jobs = [make_job(run, seed, self.steps_of(run), self.runs_dir, selected, self.short)
+                for run in (self.runs if runs is None else runs) for seed in range(self.seeds)]
+        for job in jobs:
+            if job.run.propagate:
+                job.evaluate_flags, job.heads = claim_evaluation(selected.get("da_propagation"))
+        return jobs
 
     def all_jobs(self) -> list[Job]:
-        return [job for sweep in self.sweeps for job in self.sweep_jobs(sweep)] + self.claim_jobs()
+        selected = self.selected()
+        return [job for sweep in self.sweeps for job in self.sweep_jobs(sweep, selected)] + self.claim_jobs(None,
+                                                                                                           selected)
+
+    def work(self) -> list[tuple[Job, str]]:
+        """What can run now, in order: (job, 'train' | 'evaluate'), sweeps (and the propagation sweep's evaluation)
+        first, then the claim runs, the shorter first; a job waiting for a selection is left out."""
+        selected = self.selected()
+        jobs = [job for sweep in self.sweeps for job in self.sweep_jobs(sweep, selected)]
+        if self.evaluates_propagation and (job := self.propagation_job(selected)) is not None:
+            jobs.append(job)
+        jobs += sorted(self.claim_jobs(None, selected), key=lambda job: job.steps)
+        ready = []
+        for job in jobs:
+            if job.workdir is None:
+                continue
+            is_trained, is_evaluated = done(job, self.load_config)
+            if not is_trained:
+                ready.append((job, "train"))
+            elif not is_evaluated and job.evaluate_flags:
+                ready.append((job, "evaluate"))
+        return ready
+
+
+def claim_evaluation(lams: dict[str, float] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(experiments.evaluate flags, heads) of a propagation claim run at the selected lambda per reading; ((), ())
+    while unselected (the run trains, its evaluation waits)."""
+    if lams is None:
+        return (), ()
+    passes = ",".join(map(str, PROPAGATION_PASSES))
+    flags = (f"--propagate={passes}", f"--propagate_oracle={passes}",
+             f"--propagate_lambda={','.join(f'{lam:g}' for lam in dict.fromkeys(lams.values()))}",
+             f"--propagate_self_term={','.join(lams)}")
+    heads = tuple(PropagationSweep.head(t, lam, term, oracle) for t in PROPAGATION_PASSES
+                  for term, lam in lams.items() for oracle in (False, True))
+    return flags, heads
 
 
 class StudyStopped(Exception):
     """A run ended unfinished (stopped or failed); the message says which and what to do."""
 
 
-def execute(plan: Plan, train: Callable[[Job], None], evaluate: Callable[[Job], None],
-            announce: Callable[[Job, str, int, int], None] = lambda job, what, index, total: None) -> None:
-    """Trains what is not finished yet, sweeps first (their selection decides the claim runs' workdirs), then
-    evaluates the propagation runs; StudyStopped when a run is still unfinished after its training."""
-    sweep_jobs = [job for sweep in plan.sweeps for job in plan.sweep_jobs(sweep)]
-    for job in sweep_jobs + plan.claim_jobs():  # a reused workdir must hold the planned run
-        if job.workdir is not None:
-            check_workdir(job)
-    total = len(sweep_jobs) + sum(plan.seeds_of(run) for run in plan.runs)
-    for index, job in enumerate(sweep_jobs, 1):
-        _train_unless_done(job, plan, train, evaluate, announce, index, total)
-    # The shorter runs first (the fine-tuning ones before those from scratch): the more claims an interrupted study
-    # can already judge
-    for index, job in enumerate(sorted(plan.claim_jobs(), key=lambda job: job.steps), len(sweep_jobs) + 1):
-        if job.pending:
-            raise StudyStopped(f"{job.run.name} needs the selection of sweep(s) {', '.join(job.pending)}, unfinished")
-        check_workdir(job)
-        _train_unless_done(job, plan, train, evaluate, announce, index, total)
-
-
-def _train_unless_done(job, plan, train, evaluate, announce, index, total) -> None:
-    is_trained, is_evaluated = done(job, plan.load_config)
-    if not is_trained:
-        announce(job, "train", index, total)
+def run_one(job: Job, action: str, train: Callable[[Job], None], evaluate: Callable[[Job], None],
+            load_config: compare.ConfigLoader = trained_run.load_config) -> None:
+    """Trains or evaluates JOB; StudyStopped when it is still unfinished afterwards."""
+    check_workdir(job)
+    if action == "train":
         train(job)
-        is_trained, is_evaluated = done(job, plan.load_config)
-        if not is_trained:
+        if not done(job, load_config)[0]:
             raise StudyStopped(f"{job.workdir} is unfinished after its training: run the same command to resume")
     else:
-        announce(job, "skip", index, total)
-    if not is_evaluated:
-        announce(job, "evaluate", index, total)
         evaluate(job)
-        if not done(job, plan.load_config)[1]:
-            raise StudyStopped(f"{job.workdir}: the propagation evaluation wrote no report")
+        if not done(job, load_config)[1]:
+            raise StudyStopped(f"{job.workdir}: the propagation evaluation wrote no report with the heads "
+                               f"{', '.join(job.heads[:2])}, ...")
 
 
-# --- judging -------------------------------------------------------------------------------------------------------
+def check_workdirs(plan: Plan) -> None:
+    """ConfigError when a workdir of the plan holds another run (`check_workdir`)."""
+    for job in plan.all_jobs():
+        if job.workdir is not None:
+            check_workdir(job)
 
 
-def judge(difference: compare.Difference) -> str:
-    """The verdict on a claim `a > b` given Delta = mean(a) - mean(b) and the spread (module docstring). For a claim
-    `a >= b` the verdict reads alike; "within noise" then agrees with the paper (the row's note says so). Without a
-    spread, a Delta that the report shows as 0.00 points (|Delta| < 0.00005 mIoU) is no difference."""
-    if difference.spread is None:
-        delta = round(difference.delta, 4)
-        if delta == 0:
-            return "no difference (spread unknown)"
-        return f"{'yes' if delta > 0 else 'no'} (spread unknown)"
-    if abs(difference.delta) <= difference.spread:
-        return "within noise"
-    return "yes" if difference.delta > 0 else "no"
+def execute(plan: Plan, train: Callable[[Job], None], evaluate: Callable[[Job], None],
+            announce: Callable[[Job, str], None] = lambda job, action: None) -> None:
+    """Runs the plan's work one job at a time until nothing is left (`experiments.claims` runs several at once)."""
+    check_workdirs(plan)
+    while work := plan.work():
+        job, action = work[0]
+        announce(job, action)
+        run_one(job, action, train, evaluate, plan.load_config)
 
 
-def difference(a: compare.SeedGroup, key_a: str, b: compare.SeedGroup, key_b: str) -> compare.Difference:
-    """`compare.difference` for two metrics (a layer against another of the same runs, T = 3 against T = 1)."""
-    (mean_a, std_a), (mean_b, std_b) = a.mean_std(key_a), b.mean_std(key_b)
-    return compare.Difference(mean_a - mean_b, None if std_a is None or std_b is None else max(std_a, std_b))
+# --- the ledger: finished runs kept across sessions ----------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Row:
-    claim: Claim
-    comparison: Comparison
-    ours: str
-    verdict: str
-    note: str
+class Ledger:
+    """docs/results/claims_runs.jsonl: one line per finished run (its workdir relative to the runs folder, config.json,
+    last train record, final evaluation and propagation report), committed so that the study's numbers survive the
+    runs folder. `restore` writes a missing workdir back (config.json, metrics.jsonl, the report: no checkpoints)."""
 
+    def __init__(self, path: str):
+        self.path = path
 
-def _group(jobs: Sequence[Job], load_config) -> tuple[compare.SeedGroup | None, str]:
-    records = [r for r in (read_record(job, load_config) for job in jobs) if r is not None]
-    if not records:
-        return None, ""
-    groups = compare.seed_groups(records)
-    note = "" if len(groups) == 1 else (
-        "the seeds' configs differ beyond train.seed (" + "; ".join(
-            f"seeds {', '.join(map(str, g.seeds))}" for g in groups) + "): pooled")
-    return compare.SeedGroup(jobs[0].run.name, records), note
+    def entries(self) -> dict[str, dict]:
+        if not os.path.isfile(self.path):
+            return {}
+        with open(self.path) as f:
+            return {entry["workdir"]: entry for entry in map(json.loads, filter(str.strip, f))}
 
+    def add(self, job: Job, runs_dir: str, load_config: compare.ConfigLoader = trained_run.load_config) -> None:
+        record = trained(job.workdir, load_config)
+        if record is None:
+            return
+        with open(os.path.join(job.workdir, "config.json")) as f:
+            config = json.load(f)
+        entry = {"workdir": os.path.relpath(job.workdir, runs_dir), "config": config,
+                 "train": record.train[-1] if record.train else None, "final": record.evals[-1],
+                 "propagation": _report_heads(record)}
+        entries = self.entries()
+        entries[entry["workdir"]] = entry
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as f:
+            f.writelines(json.dumps(e, sort_keys=True) + "\n" for _, e in sorted(entries.items()))
+        os.replace(temporary, self.path)
 
-def _has(group: compare.SeedGroup, key: str) -> bool:
-    return all(key in run.evals[-1] for run in group.runs)
-
-
-def _cell(group: compare.SeedGroup, key: str) -> str:
-    mean, std = group.mean_std(key)
-    return f"{100 * mean:.2f} ± {'n/a' if std is None else f'{100 * std:.2f}'} (n = {group.n})"
-
-
-def rows(plan: Plan) -> list[Row]:
-    """One row per comparison of every claim of the study, from the finished runs at the plan's budget."""
-    selected = plan.selected()
-    groups = {run.name: _group(plan.claim_jobs([run], selected), plan.load_config)
-              for run in plan.study.runs_of(plan.study.claims)}
-    result = []
-    for claim in plan.study.claims:
-        for comp in claim.comparisons:
-            (a, note_a), (b, note_b) = groups[comp.better.run], groups[comp.worse.run]
-            missing = [q for q, g in ((comp.better, a), (comp.worse, b)) if g is None or not _has(g, q.key)]
-            if missing:
-                result.append(Row(claim, comp, "not run", "not run", "missing: " + ", ".join(
-                    f"{q.run} {q.key}" for q in dict.fromkeys(missing))))
+    def restore(self, runs_dir: str) -> int:
+        """Writes back each ledger run whose workdir is missing under RUNS_DIR; returns how many."""
+        restored = 0
+        for relative, entry in self.entries().items():
+            workdir = os.path.join(runs_dir, relative)
+            if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
                 continue
-            d = difference(a, comp.better.key, b, comp.worse.key)
-            notes = [f"Δ {100 * d.delta:+.2f} points, spread {'n/a' if d.spread is None else f'{100 * d.spread:.2f}'}"]
-            if comp.at_least:
-                notes.append("a >= claim: 'within noise' agrees with the paper")
-            planned = {plan.study.runs[q.run].name: plan.seeds_of(plan.study.runs[q.run])
-                       for q in (comp.better, comp.worse)}
-            if any(g.n < planned[g.name] for g in (a, b)):
-                notes.append("fewer seeds finished than planned")
-            notes += [n for n in dict.fromkeys((note_a, note_b)) if n]
-            verdict = judge(d)
-            if verdict in ("no", "no (spread unknown)"):
-                notes.append("reason: README, Claims, 'What was checked for each no'")
-            result.append(Row(claim, comp, f"{_cell(a, comp.better.key)} vs {_cell(b, comp.worse.key)}", verdict,
-                              "; ".join(notes)))
-    return result
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(entry["config"], f, indent=1)
+            with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in (entry["train"], entry["final"]) if r)
+            if entry["propagation"]:
+                record = trained(workdir)
+                with open(propagation_report(record), "w") as f:
+                    json.dump({"heads": entry["propagation"], "restored_from": self.path}, f)
+            restored += 1
+        return restored
 
 
 # --- time estimate -------------------------------------------------------------------------------------------------
@@ -622,66 +684,3 @@ def pretraining_missing(plan: Plan) -> bool:
 
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-
-
-# --- the report ----------------------------------------------------------------------------------------------------
-
-
-def _cell_text(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def markdown(plan: Plan, command: str, estimate: str, date: str | None = None, runs_dir: str | None = None) -> str:
-    """docs/results/claims.md: the claims table, the protocols and runs, the sweeps, the budget; `runs_dir` names
-    the plan's runs_dir as the user gave it."""
-    date = date or datetime.date.today().isoformat()
-    lines = [
-        "# The papers' claims, in direction, on synthetic_shapes", "",
-        f"Written on {date}. Regenerate it (trains what is missing, skips the finished runs; `--report_only` only "
-        "rewrites this file from the finished runs) with", "", f"    {command}", "",
-        f"Budget: {plan.steps} steps a fine-tuning run, {plan.scratch_steps} a run from scratch, seeds "
-        f"0..{plan.seeds - 1}, depth 18, the synthetic scenes (81-px crops, "
-        f"width-16 ResNets); {estimate}. A synthetic benchmark is a smoke test of learning, not a reproduction: these "
-        "are the papers' claims in direction under conditions like the papers' (DESIGN.md section 7).", "",
-        "Ours: final validation mIoU (%), mean ± sample std (n - 1) over the seeds, n runs. Reproduced in direction: "
-        "'yes' when the difference in the paper's direction exceeds the larger std of the two groups, 'within noise' "
-        "when it does not, 'no' when it goes against the paper by more than that; with a single run the direction "
-        "only, '(spread unknown)'. 'not run': no finished run (no number is ever filled in otherwise).", "",
-        "| claim | paper's figure | ours (mean ± std, n) | reproduced in direction | note |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for row in rows(plan):
-        lines.append(f"| {_cell_text(row.comparison.statement)} | {_cell_text(row.comparison.paper)} "
-                     f"({row.claim.source}) | {row.ours} | {row.verdict} | {_cell_text(row.note)} |")
-    lines += ["", "## Claims, protocols and runs", ""]
-    selected = plan.selected()
-
-    def override(key, value) -> str:
-        if not isinstance(value, Selected):
-            return f" `--config.{key}={_text(value)}`"
-        if value.sweep in selected:
-            return f" `--config.{key}={_text(selected[value.sweep])}` (selected by {value.sweep})"
-        return f" `--config.{key}=` the value {value.sweep} selects (not run yet)"
-
-    for claim in plan.study.claims:
-        runs = plan.study.runs_of([claim])
-        lines.append(f"- **{claim.name}**: {claim.title} ({claim.source}). "
-                     + "; ".join(f"{run.label} ({PROTOCOLS[run.modifiers]}): `{run.arg}`"
-                                 + "".join(override(k, v) for k, v in run.overrides) for run in runs)
-                     + (f". {claim.note}" if claim.note else "."))
-    fewer = [run.label + f" ({PROTOCOLS[run.modifiers]})" for run in plan.study.runs.values()
-             if plan.seeds_of(run) < plan.seeds]
-    if fewer:
-        lines += ["", f"Runs with fewer than {plan.seeds} seeds: {'; '.join(fewer)}. Why: {FEWER_SEEDS}."]
-    lines += ["", "## Hyper-parameters chosen on held-out train data", "",
-              f"Each value trained once (seed 0) on `{HELD_OUT[0][1]}` and evaluated on `{HELD_OUT[1][1]}` "
-              "(never the validation split); the claim runs use the value of the best held-out final mIoU.", "",
-              "| sweep | run | value | held-out mIoU (%) | selected |", "| --- | --- | ---: | ---: | --- |"]
-    for sweep in plan.study.sweeps.values():
-        for value, miou in plan.sweep_results(sweep):
-            mark = "yes" if selected.get(sweep.name) == value else ""
-            lines.append(f"| {sweep.key} | {sweep.base.label} (`{sweep.base.arg}`) | {value} | "
-                         f"{'not run' if miou is None else f'{100 * miou:.2f}'} | {mark} |")
-    lines += ["", f"Workdirs: `{runs_dir or plan.runs_dir}/NAME[_SELECTED]_stepsN_seedS` (sweeps under "
-              "`sweeps/`).", ""]
-    return "\n".join(lines)
