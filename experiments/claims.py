@@ -226,12 +226,13 @@ def main():
             status = 1
     report = claims.Plan(study, study.claims, _STEPS.value, _SEEDS.value, runs_dir, load_config=run_config,
                          scratch_steps=_SCRATCH_STEPS.value)
+    kept = ledger.update(report.ledger_jobs(), runs_dir, run_config)
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     text = claims_report.markdown(report, _command(), _estimate_text(report), runs_dir=_RUNS_DIR.value)
     with open(_OUT.value, "w") as f:
         f.write(text)
     print("\n".join(claims_report.table(report)))
-    print(f"Wrote {_OUT.value}")
+    print(f"Wrote {_OUT.value}; {kept} finished run(s) kept in {_LEDGER.value}")
     return status
 
 

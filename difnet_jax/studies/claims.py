@@ -512,6 +512,12 @@ class Plan:
                 job.evaluate_flags, job.heads = claim_evaluation(selected.get("da_propagation"))
         return jobs
 
+    def ledger_jobs(self) -> list[Job]:
+        """Every job whose finished run the ledger keeps: all jobs and the propagation sweep's evaluation."""
+        selected = self.selected()
+        job = self.propagation_job(selected) if self.evaluates_propagation else None
+        return self.all_jobs() + ([job] if job else [])
+
     def all_jobs(self) -> list[Job]:
         selected = self.selected()
         return [job for sweep in self.sweeps for job in self.sweep_jobs(sweep, selected)] + self.claim_jobs(None,
@@ -605,21 +611,28 @@ class Ledger:
             return {entry["workdir"]: entry for entry in map(json.loads, filter(str.strip, f))}
 
     def add(self, job: Job, runs_dir: str, load_config: compare.ConfigLoader = trained_run.load_config) -> None:
-        record = trained(job.workdir, load_config)
-        if record is None:
-            return
-        with open(os.path.join(job.workdir, "config.json")) as f:
-            config = json.load(f)
-        entry = {"workdir": os.path.relpath(job.workdir, runs_dir), "config": config,
-                 "train": record.train[-1] if record.train else None, "final": record.evals[-1],
-                 "propagation": _report_heads(record)}
+        self.update([job], runs_dir, load_config)
+
+    def update(self, jobs: Iterable[Job], runs_dir: str,
+               load_config: compare.ConfigLoader = trained_run.load_config) -> int:
+        """Adds (or refreshes) each finished job's entry, in one write; returns how many the ledger holds."""
         entries = self.entries()
-        entries[entry["workdir"]] = entry
+        for job in jobs:
+            record = trained(job.workdir, load_config) if job.workdir else None
+            if record is None:
+                continue
+            with open(os.path.join(job.workdir, "config.json")) as f:
+                config = json.load(f)
+            relative = os.path.relpath(job.workdir, runs_dir)
+            entries[relative] = {"workdir": relative, "config": config, "final": record.evals[-1],
+                                 "train": record.train[-1] if record.train else None,
+                                 "propagation": _report_heads(record)}
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         temporary = self.path + ".tmp"
         with open(temporary, "w") as f:
             f.writelines(json.dumps(e, sort_keys=True) + "\n" for _, e in sorted(entries.items()))
         os.replace(temporary, self.path)
+        return len(entries)
 
     def restore(self, runs_dir: str) -> int:
         """Writes back each ledger run whose workdir is missing under RUNS_DIR; returns how many."""
