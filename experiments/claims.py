@@ -178,6 +178,10 @@ def _execute(plan: claims.Plan, ledger: claims.Ledger, parallel: int) -> None:
             ledger.add(job, plan.runs_dir, plan.load_config)
 
     claims.check_workdirs(plan)
+    if claims.pretraining_missing(plan):  # once, before trainings at once would each start making it
+        print("Pretraining the synthetic ImageNet ResNet-18 first (python -m experiments.pretrain) ...", flush=True)
+        _subprocess("experiments.pretrain", [], os.path.join(plan.runs_dir, "pretrain.log"),
+                    sorted(os.sched_getaffinity(0)), cache_dir)
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         try:
             while True:
