@@ -9,6 +9,7 @@ batches and random numbers an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -111,17 +112,34 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def check_writable(directory: str, what: str = "workdir", flag: str = "--workdir") -> None:
-    """Creates `directory` if needed and writes a probe file there; PathError naming it if that fails."""
+def check_writable(directory: str, what: str = "workdir", flag: str = "--workdir", *, keep: bool = True) -> None:
+    """Creates `directory` if needed and writes a probe file there; PathError naming it if that fails.
+
+    `keep=False` removes again the folders this check created (the command creates them when it writes); a
+    failed check removes them always. (Under several processes they stay: another one may be probing them.)
+    """
+    if not directory:
+        raise PathError(f"{flag} is empty: give the {what}'s path")
+    missing = []  # the folders makedirs creates, deepest first
+    parent = os.path.abspath(directory)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    ok = False
     try:
         os.makedirs(directory, exist_ok=True)
         probe = os.path.join(directory, f".write_probe_{jax.process_index()}_{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
+        ok = True
     except OSError as error:
         raise PathError(f"{what} {directory!r} is not writable ({error.strerror or error}): "
                           f"choose another {flag}") from error
+    finally:
+        for folder in missing if not (keep and ok) and jax.process_count() == 1 else ():
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 def check_workdir(workdir: str, state_shapes: Any, keep: int) -> None:

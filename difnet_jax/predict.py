@@ -141,6 +141,12 @@ def check_outputs(inputs: Sequence[str], output_dir: str, force: bool = False) -
                                   + ", ".join(clashes))
 
 
+def _save_png(picture: Image.Image, path: str) -> None:
+    """Complete or not at all: written beside `path`, then renamed (an interrupt leaves no half-written PNG)."""
+    picture.save(path + ".partial", format="PNG")
+    os.replace(path + ".partial", path)
+
+
 def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: Sequence[str], output_dir: str, *,
                   eval_size: int, force: bool = False, normalization: Normalization = IMAGENET) -> PredictSummary:
     """Segments each input and writes its label map and overlay; unreadable inputs are logged and skipped.
@@ -161,8 +167,8 @@ def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: S
             continue
         labels = segment(probabilities_fn, image, eval_size, normalization)
         label_path, overlay_path = output_paths(output_dir, names[path])
-        visualize.indexed_image(labels).save(label_path)
-        Image.fromarray(visualize.side_by_side_overlay(image, labels)).save(overlay_path)
+        _save_png(visualize.indexed_image(labels), label_path)
+        _save_png(Image.fromarray(visualize.side_by_side_overlay(image, labels)), overlay_path)
         summary.written += [label_path, overlay_path]
         log.info("%d/%d %s (%dx%d) -> %s", index + 1, len(inputs), path, image.shape[1], image.shape[0], label_path)
     return summary

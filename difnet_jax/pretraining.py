@@ -124,9 +124,11 @@ def prepare(name: str, data_dir: str | None) -> int:
     import tensorflow_datasets as tfds
 
     import difnet_jax.data  # noqa: F401  (registers the builders)
+    from difnet_jax.data import tfds_side_effects
 
     builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
-    builder.download_and_prepare()
+    with tfds_side_effects.plain_progress():
+        builder.download_and_prepare()
     return builder.info.features["label"].num_classes
 
 

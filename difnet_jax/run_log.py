@@ -161,7 +161,8 @@ class MetricsLog:
             self.events.write(record["step"], scalar_tags(record), pictures)
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """'1h05m', '3m07s'."""
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -172,16 +173,34 @@ class Progress:
     """Step metrics since the last report: their means go to the log and metrics.jsonl, with steps/s and ETA.
 
     A report raises FloatingPointError, naming the step, if any step since the last one
-    had a non-finite loss or gradient (unless such steps are being skipped).
+    had a non-finite loss or gradient (unless such steps are being skipped). The ETA is the
+    remaining steps at the measured rate plus the evaluations still to come (every `eval_every`
+    steps and at the last) at the duration of the last one (`eval_seconds`, set by the training
+    loop); before the first is measured it says how many it leaves out ("ETA 9m34s + 4 evaluations").
     """
 
     def __init__(self, metrics_log: MetricsLog, schedule: optax.Schedule, num_steps: int, skip_nonfinite: bool,
-                 first_step: int):
+                 first_step: int, eval_every: int | None = None):
         self.metrics_log, self.schedule, self.num_steps = metrics_log, schedule, num_steps
-        self.skip_nonfinite = skip_nonfinite
+        self.skip_nonfinite, self.eval_every = skip_nonfinite, eval_every
+        self.eval_seconds: float | None = None
         self.pending: list[dict] = []
         self.first_pending_step = first_step + 1
         self.restart_clock()
+
+    def evaluations_left(self, step: int) -> int:
+        """Evaluations at steps step..num_steps (a step's report comes before its evaluation)."""
+        if not self.eval_every or step > self.num_steps:
+            return 0
+        multiples = self.num_steps // self.eval_every - (step - 1) // self.eval_every
+        return multiples + (1 if self.num_steps % self.eval_every else 0)
+
+    def eta(self, step: int, steps_per_sec: float) -> str:
+        seconds = (self.num_steps - step) / steps_per_sec
+        evaluations = self.evaluations_left(step)
+        if evaluations and self.eval_seconds is None:
+            return f"{format_seconds(seconds)} + {evaluations} evaluation{'s' if evaluations > 1 else ''}"
+        return format_seconds(seconds + evaluations * (self.eval_seconds or 0.0))
 
     def restart_clock(self) -> None:
         self.start = time.perf_counter()
@@ -206,7 +225,7 @@ class Progress:
         self.metrics_log.write(record)
         log.info("step %d/%d  loss %.4f  acc %.3f  lr %.2e  %.2f steps/s  ETA %s%s", step, self.num_steps,
                  summary["loss"], summary["pixel_accuracy"], record["lr"], steps_per_sec,
-                 _format_seconds((self.num_steps - step) / steps_per_sec),
+                 self.eta(step, steps_per_sec),
                  f"  ({len(nonfinite)} non-finite steps skipped)" if nonfinite else "")
         self.pending, self.first_pending_step = [], step + 1
         self.restart_clock()

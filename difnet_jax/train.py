@@ -10,13 +10,15 @@ Every logged step and every evaluation is appended to WORKDIR/metrics.jsonl and 
 TensorBoard event files in WORKDIR, with pictures of a few validation images at each evaluation.
 One training per workdir (`workdir_lock`); SIGTERM/Ctrl-C stop it cleanly wherever they
 come (`preemption`). The train step is compiled ahead of step 1 and timed; a session's
-first step is always reported, and steps/s and the ETA leave the compilation out.
+first step is always reported, steps/s and the ETA leave the compilation out, and the ETA counts the evaluations
+still to come at the measured duration of the last one.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import struct
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -194,6 +197,26 @@ class Trainer:
         return self.evaluator.evaluate(variables, data_source, batch_size=batch_size, log_progress=False)
 
 
+def stop_agreed(stop: StopRequests, step: int, step_metrics: Any, log_every: int, num_steps: int) -> bool:
+    """Whether the run stops after `step`, read after its report and save (a signal that came while they waited
+    counts).
+
+    One process: once the step has run (the loop waits for it here instead of queueing the next ones), so a
+    signal during a step stops the run right after it. Several processes: the hosts must stop after the same
+    step, so they agree at each logged step (and the last): one small all-gather of their requests there, none
+    in between (a collective per step would cost every step; the hosts already wait for the logged step's metrics).
+    """
+    if jax.process_count() == 1:
+        jax.block_until_ready(step_metrics)
+        return stop.requested
+    if step % log_every and step != num_steps:
+        return False
+    agreed = bool(np.max(multihost_utils.process_allgather(np.int32(stop.requested))))
+    if agreed and not stop.requested:
+        stop.signal_name = "another process's signal"
+    return agreed
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates it.
 
@@ -208,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if train_cfg[key] % num_devices:
             raise ConfigError(f"config.train.{key}={train_cfg[key]} must be divisible by the {num_devices} devices")
     checkpointing.check_resume_config(workdir, config)
+    created = not os.path.exists(workdir)
     checkpointing.check_writable(workdir)
     lock = WorkdirLock.acquire(workdir) if jax.process_index() == 0 else None
     try:
@@ -216,6 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         if lock is not None:
             lock.release()
+        if created and jax.process_count() == 1 and not os.listdir(workdir):  # failed before writing anything
+            os.rmdir(workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: StopRequests) -> dict[str, Any]:
@@ -346,7 +372,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: S
             log.info("Compiled the train step in %.1fs.", time.perf_counter() - start)
         # The clock starts now: steps/s and the ETA exclude the compilation.
         progress = Progress(metrics_log, learning_rate_schedule(train_cfg), num_steps, train_cfg.skip_nonfinite,
-                            first_step)
+                            first_step, eval_every=train_cfg.eval_every)
         last_eval = None
         for step in range(first_step + 1, num_steps + 1):
             batch = first_batch if step == first_step + 1 else trainer.global_batch(next(data_iter))
@@ -356,10 +382,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: S
                 progress.report(step)
             if step % train_cfg.checkpoint_every == 0 or step == num_steps:
                 checkpoint()
-            if stop.requested:  # read after the report and the save: a signal that came while they waited counts
+            if stop_agreed(stop, step, step_metrics, train_cfg.log_every, num_steps):
                 return stopped()
             if is_eval_step(step):
+                start = time.perf_counter()
                 last_eval = evaluate(step)
+                progress.eval_seconds = time.perf_counter() - start
                 progress.restart_clock()
                 if stop.requested:
                     return stopped()

@@ -38,11 +38,12 @@ import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 
 import difnet_jax.data  # noqa: F401  (registers the builders)
-from difnet_jax import config_compat, train
+from difnet_jax import config_compat, train, workdir_lock
 from difnet_jax.config_checks import check_config
 from difnet_jax.config_errors import ArgumentError, MissingPathError
 from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation.evaluator import model_probabilities, network_size
+from difnet_jax.run_log import MetricsLog, format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,14 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None, step
     (`config_errors`), raised before the model is built.
     """
     _require_workdir(workdir)
-    no_checkpoints = f"no checkpoints in {workdir!r}: train a run there first (python -m experiments.voc)"
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise MissingPathError(no_checkpoints)
+        raise MissingPathError(_no_checkpoints(workdir, config))
     config = config if config is not None else load_config(workdir)
     check_config(config)
     manager = train.checkpoint_manager(workdir, config)
     steps = sorted(manager.all_steps())
     if not steps:
-        raise MissingPathError(no_checkpoints)
+        raise MissingPathError(_no_checkpoints(workdir, config))
     if step is None:
         step = steps[-1]
     elif step not in steps:
@@ -136,6 +136,29 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None, step
     log.info("Restored %s-%d from %s at step %d.", config.model.name, config.model.depth, workdir, step)
     return Run(workdir=workdir, config=config, trainer=trainer, state=restored["state"], step=int(step),
                class_names=class_names)
+
+
+def _no_checkpoints(workdir: str, config: ml_collections.ConfigDict | None) -> str:
+    """Why `workdir` has no checkpoint: a training there has not reached its first one yet, or none ran."""
+    holder = workdir_lock.training_in(workdir)
+    if holder is None:
+        return f"no checkpoints in {workdir!r}: train a run there first (python -m experiments.voc)"
+    try:
+        train_cfg = (config if config is not None else load_config(workdir)).train
+        first = min(train_cfg.checkpoint_every, train_cfg.num_steps)
+    except (OSError, ValueError, KeyError, AttributeError):  # config.json not written yet
+        return (f"no checkpoints in {workdir!r} yet: a training is running there ({workdir_lock.describe(holder)}) "
+                "and has not saved its first checkpoint: evaluate once it has")
+    records = MetricsLog.read(workdir) if os.path.isfile(os.path.join(workdir, "metrics.jsonl")) else []
+    rates = [r for r in records if r.get("steps_per_sec")]
+    when = ""
+    if rates and rates[-1]["step"] < first:
+        last = rates[-1]
+        seconds = (first - last["step"]) / last["steps_per_sec"]
+        when = f", in about {format_seconds(seconds)} at step {last['step']}'s {last['steps_per_sec']:.2f} steps/s"
+    return (f"no checkpoints in {workdir!r} yet: a training is running there ({workdir_lock.describe(holder)}); its "
+            f"first checkpoint comes at step {first} (config.train.checkpoint_every={train_cfg.checkpoint_every}"
+            f"{when}) or when it is stopped: evaluate then")
 
 
 def _as_batch(images: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -55,7 +55,8 @@ def pid_running(pid: int) -> bool:
     return True
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def describe(holder: dict[str, Any]) -> str:
+    """'pid N on host H, started T'."""
     return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
             f"started {holder.get('started', '?')}")
 
@@ -76,6 +77,29 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return holder if isinstance(holder, dict) else None
+
+
+def training_in(workdir: str) -> dict[str, Any] | None:
+    """The record (host, pid, started, command) of the training that holds `workdir` now, or None; reads only.
+
+    Held: on this host, its process is running; on another host, the file was refreshed within `STALE_AFTER_S`.
+    """
+    path = os.path.join(workdir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = _read_holder(fd)
+        age = time.time() - os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+    if not holder:
+        return None
+    if holder.get("host") == socket.gethostname():
+        pid = holder.get("pid")
+        return holder if isinstance(pid, int) and pid_running(pid) else None
+    return holder if age < STALE_AFTER_S else None
 
 
 class WorkdirLock:
@@ -129,7 +153,7 @@ class WorkdirLock:
                 if holder:
                     break
                 time.sleep(0.05)
-            raise _in_use(workdir, path, _describe(holder) if holder else "its process is starting") from None
+            raise _in_use(workdir, path, describe(holder) if holder else "its process is starting") from None
         except OSError as error:
             if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                 return False
@@ -144,17 +168,17 @@ class WorkdirLock:
         host, pid = holder.get("host"), holder.get("pid")
         if host == socket.gethostname():
             if not flocked and isinstance(pid, int) and pid != os.getpid() and pid_running(pid):
-                raise _in_use(workdir, path, _describe(holder))
+                raise _in_use(workdir, path, describe(holder))
             reason = "that process is no longer running"
         else:
             age = time.time() - os.fstat(fd).st_mtime
             if age < STALE_AFTER_S:
                 raise WorkdirInUse(
-                    f"workdir {workdir!r} is in use by a training on another host ({_describe(holder)}; lock "
+                    f"workdir {workdir!r} is in use by a training on another host ({describe(holder)}; lock "
                     f"refreshed {age:.0f} s ago): if that run is gone, delete {path}, or wait until it is "
                     f"{STALE_AFTER_S / 60:.0f} min old")
             reason = f"not refreshed for {age / 60:.0f} min"
-        log.warning("Took over the stale lock %s of %s (%s).", path, _describe(holder), reason)
+        log.warning("Took over the stale lock %s of %s (%s).", path, describe(holder), reason)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

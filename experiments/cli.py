@@ -18,6 +18,12 @@ calls `main()` and exits with what it returns. A user's mistake is printed as on
 - absl's `app.UsageError`.
 `--verbose` or the environment variable DIFNET_TRACEBACK=1 also prints the traceback. Every
 other exception is a program bug and keeps its traceback (exit code 1). `--help` exits 0.
+Ctrl-C (KeyboardInterrupt) prints one line, `interrupted (Ctrl-C) ...`, and exits with code 130.
+A flag marked with `mark_flags_as_nonempty` and given empty (`--workdir=`) is refused by name.
+
+Nothing left behind: `run(main, outputs=...)` names the folders the command writes; one that does
+not exist when `main()` starts is removed again, with what it holds (this command's unfinished
+output), when the command fails or is interrupted, and when it is still empty at the end.
 
 A relative config path that is not in the current directory is looked up in the project
 (`experiments/configs/voc.py` works from anywhere once the package is installed).
@@ -29,6 +35,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -40,6 +47,7 @@ from difnet_jax import config_compat
 from difnet_jax.config_errors import ArgumentError, ConfigError, MissingPathError, UserError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 TRACEBACK_ENV = "DIFNET_TRACEBACK"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
@@ -47,10 +55,12 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, f"Print a user error's traceback 
 FLAGS = flags.FLAGS
 
 
-def run(main: Callable[[], int | None], *, info_loggers: Sequence[str] | None = None) -> None:
+def run(main: Callable[[], int | None], *, info_loggers: Sequence[str] | None = None,
+        outputs: Sequence[Callable[[], str | None]] = ()) -> None:
     """Runs `main()` as the command line (see the module docstring); never returns.
 
     `info_loggers`: the loggers shown at INFO, by default `difnet_jax` and the command's module.
+    `outputs`: callables giving, once the flags are parsed, the folders the command writes (None: none).
     """
     if info_loggers is None:
         info_loggers = ("difnet_jax", main.__module__)
@@ -64,12 +74,22 @@ def run(main: Callable[[], int | None], *, info_loggers: Sequence[str] | None = 
     if not getattr(sys.modules["__main__"], "__doc__", None):
         sys.modules["__main__"].__doc__ = command.__doc__
 
+    new_folders: list[str] = []
+    removed: list[str] = []  # those of them a failure removed
+
     def absl_main(_):
         setup_logging(*info_loggers)
+        new_folders.extend(path for path in (output() for output in outputs) if path and not os.path.exists(path))
         try:
-            return main()
-        except app.UsageError as error:  # absl would print the whole --help
-            raise ArgumentError(str(error)) from error
+            try:
+                result = main()
+            except app.UsageError as error:  # absl would print the whole --help
+                raise ArgumentError(str(error)) from error
+        except BaseException:
+            removed.extend(_remove(new_folders, only_empty=False))
+            raise
+        _remove(new_folders, only_empty=True)
+        return result
 
     try:
         app.run(absl_main, argv=argv, flags_parser=_parse_flags)
@@ -78,6 +98,31 @@ def run(main: Callable[[], int | None], *, info_loggers: Sequence[str] | None = 
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt as interrupt:  # the first Ctrl-C, or a training's second signal ("second SIGINT")
+        unfinished = f": removed the unfinished {', '.join(removed)}" if removed else ""
+        print(f"interrupted ({str(interrupt) or 'Ctrl-C'}){unfinished}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # At once, without the interpreter's teardown: an interrupt can abandon an XLA compilation in its thread,
+        # and the teardown then crashes (see difnet_jax/preemption.py).
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _remove(folders: Sequence[str], only_empty: bool) -> list[str]:
+    """Removes each of `folders` that exists (only if empty, with `only_empty`); returns those removed."""
+    removed = []
+    for folder in folders:
+        if os.path.isdir(folder) and not (only_empty and os.listdir(folder)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def mark_flags_as_nonempty(names: Sequence[str]) -> None:
+    """Refuses each flag of `names` given as an empty string (`--workdir=`) at parsing, naming it."""
+    for name in names:
+        flags.register_validator(name, lambda value: value is None or len(value) > 0,
+                                 message="the value is empty: give a path")
 
 
 def setup_logging(*info_loggers: str) -> None:

@@ -58,6 +58,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_di
 _LOG_EVERY = flags.DEFINE_integer("log_every", 5, "Log progress every this many batches.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the reports; default the workdir.")
 flags.mark_flags_as_required(["workdir"])
+cli.mark_flags_as_nonempty(["workdir"])
 
 
 def main():
@@ -81,7 +82,7 @@ def main():
 
 
 def run() -> None:
-    cli.run(main)
+    cli.run(main, outputs=(lambda: _OUTPUT_DIR.value,))
 
 
 if __name__ == "__main__":

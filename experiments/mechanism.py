@@ -13,10 +13,13 @@ about one family's mechanism each: `STUDIES` maps the family to its study.
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 
 import difnet_jax
+from difnet_jax import checkpointing
 from difnet_jax.evaluation import crf
 from difnet_jax.studies.difnet_mechanism import run_study
 from difnet_jax.studies.pdn_mechanism import run_pdn_study
@@ -39,6 +42,12 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data.data_di
 _SITE = flags.DEFINE_string("site", None, "PDN: the feature-grid cell 'y,x' whose receptive field is drawn.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the figures and tables go; default WORKDIR/mechanism.")
 flags.mark_flags_as_required(["workdir"])
+cli.mark_flags_as_nonempty(["workdir", "output_dir"])
+
+
+def output_dir() -> str | None:
+    """--output_dir, by default WORKDIR/mechanism."""
+    return _OUTPUT_DIR.value or (os.path.join(_WORKDIR.value, "mechanism") if _WORKDIR.value else None)
 
 
 def parse_nodes(text: str | None) -> list[tuple[int, int]] | None:
@@ -56,14 +65,14 @@ def _difnet_study(restored):
         restored, num_images=_NUM_IMAGES.value, nodes=parse_nodes(_NODES.value), num_nodes=_NUM_NODES.value,
         split=_SPLIT.value, timing_size=_TIMING_SIZE.value, timing_runs=_TIMING_RUNS.value,
         crf_params=crf.CRFParams() if _TIME_CRF.value else None, skip_timing=_SKIP_TIMING.value,
-        output_dir=_OUTPUT_DIR.value,
+        output_dir=output_dir(),
     )
 
 
 def _pdn_study(restored):
     site = parse_nodes(_SITE.value)
     return run_pdn_study(restored, num_images=_NUM_IMAGES.value, split=_SPLIT.value, site=site[0] if site else None,
-                         output_dir=_OUTPUT_DIR.value)
+                         output_dir=output_dir())
 
 
 STUDIES = {"difnet": _difnet_study, "pdn": _pdn_study}
@@ -73,6 +82,7 @@ def main():
     config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
     if config.model.name not in STUDIES:
         raise app.UsageError(f"no mechanism study for {config.model.name!r} runs; there is one for {sorted(STUDIES)}")
+    checkpointing.check_writable(output_dir(), "output folder", "--output_dir", keep=False)  # before the model loads
     trained = difnet_jax.load(_WORKDIR.value, _STEP.value, config=config)
     result = STUDIES[config.model.name](trained.run)
     for path in result["paths"]:
@@ -82,7 +92,7 @@ def main():
 
 
 def run() -> None:
-    cli.run(main)
+    cli.run(main, outputs=(output_dir,))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ class index, VOC colours) and OUTPUT/IMAGE_overlay.png (image | prediction blend
 where two inputs share a stem (a.png, a.jpg) the extension joins it (a_png.png, a_jpg.png).
 Image files that cannot be read are reported by name and skipped; the exit code is then 1.
 A missing --input, a folder without images and existing outputs (without --force) are
-refused before the model loads, with nothing written: one line, exit code 2.
+refused before the model loads, with nothing written: one line, exit code 2. An output folder this
+command created is removed again if it stays empty, or if the command fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.
 _SCALES = cli.define_number_list("scales", "1.0", "Input scales whose softmax probabilities are averaged.")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average over horizontally flipped inputs.")
 flags.mark_flags_as_required(["workdir", "input", "output"])
+cli.mark_flags_as_nonempty(["workdir", "input", "output"])
 
 
 def main():
@@ -63,7 +65,7 @@ def main():
 
 
 def run() -> None:
-    cli.run(main)
+    cli.run(main, outputs=(lambda: _OUTPUT.value,))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of a manual multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual multi-host run.")
 flags.mark_flags_as_required(["config", "workdir"])
+cli.mark_flags_as_nonempty(["workdir"])
 
 
 def main():

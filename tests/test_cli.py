@@ -8,10 +8,14 @@ workdirs are fakes: a config.json (and an empty checkpoint folder) is all the re
 
 import ast
 import concurrent.futures
+import glob
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import tomllib
 
@@ -36,7 +40,7 @@ def _write_config(workdir, arg):
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     p = {name: str(root / name) for name in ("no_checkpoints", "fake_run", "simdeeplab_run", "tfds", "run", "in",
-                                             "only_text", "out", "blocker")}
+                                             "only_text", "out", "blocker", "training")}
     _write_config(p["no_checkpoints"], "difnet18,synthetic")
     _write_config(p["fake_run"], "difnet18,synthetic")
     os.makedirs(os.path.join(p["fake_run"], "checkpoints", "2"))  # a step folder is all orbax lists
@@ -48,6 +52,14 @@ def paths(tmp_path_factory):
         for name in names:
             open(os.path.join(folder, name), "wb").close()
     open(p["blocker"], "w").close()
+    # A training that runs (this process holds its lock), has logged step 10 at 2 steps/s, has no checkpoint yet
+    _write_config(p["training"], "difnet18,synthetic")
+    with open(os.path.join(p["training"], "training.lock"), "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-12-06T20:00:00"}, f)
+    with open(os.path.join(p["training"], "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 10, "loss": 1.0, "steps_per_sec": 2.0}) + "\n")
+    p["first_checkpoint"] = str(min(get_config("difnet18,synthetic").train.checkpoint_every,
+                                    get_config("difnet18,synthetic").train.num_steps))
     return p
 
 
@@ -90,6 +102,26 @@ CASES = {
                           ["no image files in '{only_text}'", "1 other file"]),
     "prepare_without_manual_dir": ("prepare_data", ["--dataset=voc_aug", "--data_dir={tfds}/prepare"],
                                    ["--manual_dir is required to prepare voc_aug", "difnet_jax/data/voc_aug.py"]),
+    # Flag combinations the run cannot do are refused before the model loads (issue 29).
+    "evaluate_propagate_without_affinity_head": ("evaluate", ["--workdir={fake_run}", "--propagate=1,3"],
+                                                 ["--propagate needs a model with an affinity head",
+                                                  "'difnet' has none", "--propagate_oracle"]),
+    "evaluate_oracle_with_flip": ("evaluate", ["--workdir={fake_run}", "--propagate_oracle=1", "--flip"],
+                                  ["need single-scale, unflipped evaluation", "--flip"]),
+    "evaluate_oracle_with_scales": ("evaluate", ["--workdir={fake_run}", "--propagate_oracle=1,3",
+                                                 "--scales=0.75,1,1.25"], ["--scales=0.75,1,1.25"]),
+    "evaluate_empty_workdir": ("evaluate", ["--workdir="], ["--workdir=", "the value is empty"]),
+    "train_empty_workdir": ("voc", [SYNTHETIC, "--workdir="], ["--workdir=", "the value is empty"]),
+    "evaluate_training_before_its_first_checkpoint": (
+        "evaluate", ["--workdir={training}"],
+        ["no checkpoints in '{training}' yet: a training is running there", f"pid {os.getpid()}",
+         "first checkpoint comes at step {first_checkpoint}", "config.train.checkpoint_every", "at step 10's"]),
+    "mechanism_unwritable_output": ("mechanism", ["--workdir={fake_run}", "--output_dir={blocker}/out"],
+                                    ["output folder '{blocker}/out' is not writable", "--output_dir"]),
+    "compare_unwritable_out": ("compare", ["--workdirs={fake_run}", "--out={blocker}/out"],
+                               ["output folder '{blocker}/out' is not writable", "--out"]),
+    "compare_missing_workdir": ("compare", ["--workdirs={fake_run},{run}_nowhere", "--out={out}/compare"],
+                                ["--workdirs: '{run}_nowhere' does not exist", "--skip_missing"]),
     "prepare_generated_uncompressed": ("prepare_data", ["--dataset=synthetic_shapes/tiny", "--data_dir={tfds}/prepare",
                                                         "--image_storage=uncompressed"],
                                        ["image_storage='uncompressed' applies to the downloaded datasets"]),
@@ -126,8 +158,38 @@ def test_user_error_is_one_line_and_exit_code_2(case, results, paths):
 def test_refusals_create_nothing(results, paths):
     assert results["data_not_prepared"].returncode == 2 and results["prepare_without_manual_dir"].returncode == 2
     assert not os.path.exists(paths["tfds"])  # no voc_aug/ or downloads/ folders on the path looked in
-    assert not os.path.exists(paths["out"])  # predict stopped before its output folder
+    assert not os.path.exists(paths["out"])  # predict stopped before its output folder, compare before its --out
+    assert not os.path.exists(paths["run"])  # no empty workdir of a training refused for its unprepared dataset
     assert sorted(os.listdir(paths["simdeeplab_run"])) == ["config.json"]  # the refused resume wrote nothing
+    assert sorted(os.listdir(paths["fake_run"])) == ["checkpoints", "config.json"]  # no mechanism/ or reports
+    assert sorted(os.listdir(paths["training"])) == ["config.json", "metrics.jsonl", "training.lock"]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_removes_the_output_folder_it_created(tmp_path):
+    """cli.run's interrupt path, through a command of its own: main() creates its --out and a file in it, then
+    Ctrl-C comes (the real commands: test_eval_output.py)."""
+    script = tmp_path / "command.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {REPO!r})
+        from absl import flags
+        from experiments import cli
+        _OUT = flags.DEFINE_string("out", None, "")
+
+        def main():
+            os.makedirs(os.path.join(_OUT.value, "sub"))
+            open(os.path.join(_OUT.value, "sub", "half.json"), "w").write("{{")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+
+        cli.run(main, outputs=(lambda: _OUT.value,))
+    """))
+    out = tmp_path / "new" / "out"
+    (tmp_path / "new").mkdir()
+    process = _run([str(script), f"--out={out}"])
+    lines = [line for line in (process.stdout + process.stderr).splitlines() if line.strip()]
+    assert process.returncode == 130 and lines == [f"interrupted (Ctrl-C): removed the unfinished {out}"], lines
+    assert sorted(os.listdir(tmp_path / "new")) == []  # the folder it found stays, the one it made is gone
 
 
 def test_help_exits_0_and_lists_the_flags():
@@ -169,13 +231,35 @@ def test_a_bug_in_a_config_file_keeps_its_traceback(tmp_path):
     assert process.returncode == 1 and "Traceback" in process.stderr and "no_such_method" in process.stderr
 
 
+def _tfds_temp_folders() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*tfds")))
+
+
 def test_prepare_refuses_a_real_dataset_without_manual_dir_and_creates_nothing(tmp_path):
     data_dir = tmp_path / "tfds"
+    temp_folders = _tfds_temp_folders()
     with pytest.raises(DatasetNotPreparedError, match=r"'voc_aug' is not prepared in data_dir .*tfds") as error:
         pipeline.prepare("voc_aug", str(data_dir))
     assert "python -m experiments.prepare_data --dataset=voc_aug" in str(error.value)
     assert isinstance(error.value, FileNotFoundError)  # code catching the built-in still does
     assert not data_dir.exists()
+    assert _tfds_temp_folders() <= temp_folders  # TFDS's empty /tmp/tmp*tfds per look at it (tfds_side_effects)
+
+
+def test_dataset_generation_logs_plain_lines_where_stderr_is_no_terminal(caplog, monkeypatch):
+    from tensorflow_datasets.core import utils as tfds_utils
+
+    from difnet_jax.data import tfds_side_effects
+
+    monkeypatch.setattr(tfds_side_effects, "LINE_EVERY_S", 0.0)
+    with tfds_side_effects.plain_progress(), caplog.at_level(logging.INFO, logger="difnet_jax"):
+        assert list(tfds_utils.tqdm(range(3), desc="Generating train examples...", unit=" examples")) == [0, 1, 2]
+        with tfds_utils.async_tqdm(total=0, desc="Extraction completed...", unit=" file") as bar:
+            bar.update_total(2)
+            bar.update(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:3] == [f"Generating train examples: {n}/3 examples ({0} s)" for n in (1, 2, 3)], lines
+    assert lines[-1].startswith("Extraction completed: 2/2 file") and not any("\x1b" in line for line in lines)
 
 
 def test_predict_inputs_are_image_files_by_extension(tmp_path):

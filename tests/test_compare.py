@@ -168,3 +168,15 @@ def test_seed_groups_mean_std_n_and_the_noise_verdict(tmp_path):
     saved = compare.seed_groups_json(groups)
     assert saved["groups"][0]["val/miou"]["values"] == [0.50, 0.52, 0.54]
     assert len(saved["differences"]) == 6 and saved["differences"][0]["verdict"] == "within noise"
+
+
+def test_the_printed_headline_is_a_row_per_run(tmp_path):
+    """What the CLI prints (with the report's path) instead of the whole compare.md."""
+    runs = [compare.read_run(_hand_made_run(tmp_path, name, seed, miou))
+            for name, seed, miou in (("a", 0, 0.7), ("b", 1, 0.65))]
+    for run, label in zip(runs, compare.run_labels([run.workdir for run in runs])):
+        run.label = label
+    lines = compare.headline_table(runs).splitlines()
+    assert lines[0].split("  ")[0] == "run" and "final mIoU (%)" in lines[0] and set(lines[1]) == {"-"}
+    assert [line.split() for line in lines[2:]] == [["a", "1000", "70.00", "70.00", "(1000)", "90.00"],
+                                                    ["b", "1000", "65.00", "65.00", "(1000)", "91.00"]]

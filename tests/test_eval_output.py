@@ -1,10 +1,11 @@
-"""What an evaluation writes and prints: reports where asked (checked before evaluating), the
-per-class IoU as a table ending with mIoU and pixel accuracy, the confusion matrix in the
-Markdown only while it is readable."""
+"""What an evaluation writes and prints: reports where asked (checked before evaluating, left nowhere by an
+interrupted one), the per-class IoU as a table ending with mIoU and pixel accuracy and the heads in numeric
+order, the confusion matrix in the Markdown only while it is readable, the CRF's time per image."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -83,3 +84,34 @@ def test_evaluate_cli_writes_to_output_dir_reading_a_workdir_in_use(tiny_workdir
     assert printed[-1] == f"mIoU {saved['miou']:.4f}, pixel accuracy {saved['pixel_accuracy']:.4f}"
     assert ["background", "|", f"{saved['iou']['background']:.4f}"] in [line.split() for line in printed]
     assert "Confusion" not in done.stdout
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_exit_130_and_leaves_no_report_folder(tiny_workdir, tmp_path):
+    out = tmp_path / "reports"
+    process = subprocess.Popen([sys.executable, "-m", "experiments.evaluate", f"--workdir={tiny_workdir}",
+                                f"--output_dir={out}"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    before = []
+    for line in process.stdout:  # Ctrl-C once the evaluation starts (it compiles, then reads the first batch)
+        before.append(line)
+        if "Evaluating" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    after = [line for line in process.communicate(timeout=300)[0].splitlines() if line.strip()]
+    output = "".join(before) + "\n".join(after)
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and after[-1] == "interrupted (Ctrl-C)" and len(after) <= 2, output[-3000:]
+    assert not out.exists()  # checked for writing before the evaluation, created only to write the reports
+
+
+def test_heads_come_in_numeric_order_and_the_crf_time_is_printed():
+    from difnet_jax.evaluation.evaluator import EvalResult, head_mious
+
+    eye = np.eye(2, dtype=np.int64)
+    result = EvalResult(eye, 1, 0.0, head_confusions={"oracle_T10": eye, "oracle_T1": eye, "oracle_T3": eye,
+                                                       "layer2": eye, "layer10": eye})
+    assert list(head_mious(result)) == ["layer2", "layer10", "oracle_T1", "oracle_T3", "oracle_T10"]
+    printed, _ = _report(2)
+    printed["timing"] = {"crf_seconds_per_image": 0.2451, "diffusion_seconds_per_image": 0.0005}
+    assert ("dense CRF: 245.1 ms per image (DifNet's diffusion on the same canvas: 0.5 ms)"
+            in report.report_text(printed).splitlines())

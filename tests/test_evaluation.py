@@ -121,6 +121,14 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
     assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
     with pytest.raises(FileExistsError, match="small.png"):
         predict.predict_files(probabilities_fn, [str(tmp_path / "in" / "small.png")], str(out), eval_size=97)
+    # A prediction that fails for every image leaves no (empty) output folder behind.
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    failed = subprocess.run(
+        [sys.executable, "-m", "experiments.predict", f"--workdir={tiny_run.workdir}",
+         f"--input={tmp_path / 'broken'}", f"--output={tmp_path / 'none'}"], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert failed.returncode == 1 and "FAILED" in failed.stderr and not (tmp_path / "none").exists(), failed.stderr
     with pytest.raises(ValueError, match="replace an input"):
         predict.predict_files(probabilities_fn, [str(tmp_path / "in" / "small.png")], str(tmp_path / "in"),
                               eval_size=97, force=True)

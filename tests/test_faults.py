@@ -233,6 +233,36 @@ def _records(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_signal_during_a_step_stops_the_run_right_after_it(tiny_data_dir, tmp_path, monkeypatch, caplog):
+    """One process waits for each step before it reads the stop flag and takes the next batch, so nothing is
+    queued behind the running step: a signal during step 3 stops the run after step 3, not at the next logged
+    step (log_every 100 here; before, steps were queued up to it and all ran first)."""
+    config = loop_config(tiny_data_dir)
+    config.train.num_steps = 8
+    config.train.log_every = config.train.checkpoint_every = config.train.eval_every = 100
+    added, finished_when_fetched = [], []
+    add, global_batch = Progress.add, train.Trainer.global_batch
+
+    def add_and_keep(self, step_metrics):
+        added.append(step_metrics)
+        add(self, step_metrics)
+
+    def fetch(self, local_batch):  # fetch k is step k's batch (the first one before compiling)
+        finished_when_fetched.append(all(m["loss"].is_ready() for m in added))
+        if len(finished_when_fetched) == 3:
+            _signal_self(signal.SIGINT)  # comes while step 3 is being set up and run
+        return global_batch(self, local_batch)
+
+    monkeypatch.setattr(Progress, "add", add_and_keep)
+    monkeypatch.setattr(train.Trainer, "global_batch", fetch)
+    with caplog.at_level(logging.INFO, logger="difnet_jax"):
+        result = train.train_and_evaluate(config, str(tmp_path))
+    assert result == {"step": 3, "stopped_by": "SIGINT"}
+    assert all(finished_when_fetched) and len(finished_when_fetched) == 3  # no step ran ahead, none after 3
+    assert "Stopped by SIGINT after step 3; checkpoint saved" in caplog.text
+    assert checkpointing.checkpoint_manager(str(tmp_path), config).all_steps() == [3]
+
+
 def test_a_stop_at_the_last_step_is_honoured_and_the_rerun_evaluates(tiny_data_dir, tmp_path, monkeypatch, caplog):
     """Ctrl-C while the last step's report waits for the device: no evaluation; the rerun does it."""
     config = loop_config(tiny_data_dir)

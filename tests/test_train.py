@@ -93,3 +93,17 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tiny_data_dir, tmp_path
     assert "is already trained to step 2 (config.train.num_steps=2): evaluating that checkpoint" in caplog.text
     assert "not appended" in caplog.text and "steps 3..2" not in caplog.text and "Compiling" not in caplog.text
 
+
+
+def test_the_eta_counts_the_evaluations_still_to_come():
+    """Every 250 steps and at the last: at step 1 four to come; the ETA adds them once one was timed."""
+    from difnet_jax.run_log import Progress
+
+    progress = Progress(None, lambda step: 0.0, 1000, False, 0, eval_every=250)
+    assert [progress.evaluations_left(step) for step in (1, 250, 251, 999, 1000)] == [4, 4, 3, 1, 1]
+    assert progress.eta(700, 2.0) == "2m30s + 2 evaluations"  # none timed yet: said, not guessed
+    progress.eval_seconds = 15.0
+    assert progress.eta(700, 2.0) == "3m00s"  # 300 steps at 2 steps/s, and two evaluations of 15 s
+    odd = Progress(None, lambda step: 0.0, 1100, False, 0, eval_every=500)
+    assert [odd.evaluations_left(step) for step in (1, 501, 1001)] == [3, 2, 1]  # 500, 1000 and the last
+    assert Progress(None, lambda step: 0.0, 10, False, 0).eta(5, 1.0) == "0m05s"  # no eval_every: steps only

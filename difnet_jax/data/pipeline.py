@@ -30,6 +30,7 @@ from tensorflow_datasets.core.data_sources.base import BaseDataSource
 import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import image_storage as _storage
+from difnet_jax.data import tfds_side_effects
 from difnet_jax.data.normalization import IMAGENET, Normalization
 
 cv2.setNumThreads(0)  # see the module's docstring: one thread per grain worker
@@ -55,9 +56,10 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
 
     A dataset read from downloaded archives (its builder has MANUAL_DOWNLOAD_INSTRUCTIONS) is built only
     when `manual_dir` is given; otherwise `DatasetNotPreparedError` names the dataset, the folder looked
-    in and the prepare command, and nothing is created (`builder.is_prepared()` only reads). Generated
-    datasets (synthetic_shapes) build themselves. TFDS's "Downloading and preparing dataset Unknown size"
-    print (this project's builders download nothing) is replaced by one log line.
+    in and the prepare command, and nothing is created (`builder.is_prepared()` only reads; no temp folder
+    either: `tfds_side_effects`). Generated datasets (synthetic_shapes) build themselves. TFDS's "Downloading
+    and preparing dataset Unknown size" print (this project's builders download nothing) is replaced by one log
+    line, and its progress bars by plain lines where stderr is not a terminal.
 
     `image_storage` (`image_storage.STORAGES`; downloaded datasets only): how a build stores the images; a dataset
     already prepared must record that storage, or ConfigError says what it holds and what to run, and nothing
@@ -86,7 +88,8 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
         builder = tfds.builder(builder_name(name), data_dir=data_dir or None, file_format="array_record",
                                image_storage=image_storage or _storage.RELEASED)
     builder._log_download_bytes = builder._log_download_done = lambda: None  # TFDS's own size prints
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
+    with tfds_side_effects.plain_progress():  # no bar redraws in a redirected log
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
     return builder
 
 

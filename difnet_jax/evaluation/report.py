@@ -286,18 +286,23 @@ def report_text(report: dict[str, Any]) -> str:
     lines += [f"{name:<{width}} | {_fraction(report['iou'][name])}" for name in names]
     for name, value in (report.get("heads") or {}).items():
         lines.append(f"head {name}: mIoU {_fraction(value)}")
+    timing_ = report.get("timing") or {}
+    if "crf_seconds_per_image" in timing_:
+        lines.append(f"dense CRF: {1000 * timing_['crf_seconds_per_image']:.1f} ms per image (DifNet's diffusion on "
+                     f"the same canvas: {1000 * timing_['diffusion_seconds_per_image']:.1f} ms)")
     lines.append(f"mIoU {_fraction(report['miou'])}, pixel accuracy {_fraction(report['pixel_accuracy'])}")
     return "\n".join(lines)
 
 
 def write_report(report: dict[str, Any], directory: str, basename: str) -> tuple[str, str]:
-    """Writes DIRECTORY/BASENAME.json and .md; returns their paths."""
+    """Writes DIRECTORY/BASENAME.json and .md (each complete or not at all: written beside, then renamed);
+    returns their paths."""
     json_path = os.path.join(directory, basename + ".json")
     md_path = os.path.join(directory, basename + ".md")
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
-    with open(md_path, "w") as f:
-        f.write(report_markdown(report))
+    for path, text in ((json_path, json.dumps(report, indent=2)), (md_path, report_markdown(report))):
+        with open(path + ".partial", "w") as f:
+            f.write(text)
+        os.replace(path + ".partial", path)
     return json_path, md_path
 
 
@@ -305,6 +310,22 @@ def save_predictions(result: EvalResult, path: str) -> None:
     """predictions, labels (padded canvases, uint8; 255 = void or padding), sizes (h, w) and ids as .npz."""
     np.savez_compressed(path, predictions=result.predictions, labels=result.labels, sizes=result.sizes,
                         ids=result.ids)
+
+
+def check_propagation_options(model: ml_collections.ConfigDict, propagate: Sequence[int] = (),
+                              propagate_oracle: Sequence[int] = (), scales: Sequence[float] = (1.0,),
+                              flip: bool = False) -> None:
+    """ArgumentError, before anything loads, for propagation the run cannot do: --propagate on a model without
+    an affinity head, or either kind with --scales/--flip (refinements read single-scale, unflipped maps)."""
+    if propagate and family_of(model).propagation(model) is None:
+        raise ArgumentError(f"--propagate needs a model with an affinity head (a *_affinity variant); this run's "
+                            f"{model.name!r} has none: --propagate_oracle works for every model, or leave "
+                            "--propagate out")
+    given = ([f"--scales={','.join(f'{s:g}' for s in scales)}"] if tuple(scales) != (1.0,) else []) + (
+        ["--flip"] if flip else [])
+    if (propagate or propagate_oracle) and given:
+        raise ArgumentError(f"--propagate / --propagate_oracle need single-scale, unflipped evaluation, not "
+                            f"{' '.join(given)}: drop it, or evaluate it in a separate command")
 
 
 def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None = None, step: int | None = None,
@@ -333,7 +354,10 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     """
     output_dir = output_dir or workdir
     if output_dir != workdir or os.path.isdir(workdir):  # (no workdir at all: load_run says so, creating nothing)
-        checkpointing.check_writable(output_dir, "report folder", "--output_dir")
+        checkpointing.check_writable(output_dir, "report folder", "--output_dir", keep=False)
+    if propagate or propagate_oracle:
+        check_propagation_options((config if config is not None else trained_run.load_config(workdir)).model,
+                                  propagate, propagate_oracle, scales, flip)
     check_propagation_sweep(propagate_lambda, propagate_self_term, propagate, propagate_oracle)
     run = trained_run.load_run(workdir, config, step)
     config = run.config
@@ -364,6 +388,7 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     basename = report_basename(split, run.step, options.scales, flip, crf_params is not None, options.mode)
     if refinements:
         basename += "_propagate"
+    os.makedirs(output_dir, exist_ok=True)  # checked above, created only now: a failed evaluation leaves none
     paths = list(write_report(report, output_dir, basename))
     if save_predictions_npz and result.predictions is not None:
         paths.append(os.path.join(output_dir, basename + "_predictions.npz"))

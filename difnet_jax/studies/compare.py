@@ -40,7 +40,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import difnet_jax
-from difnet_jax import trained_run, visualize
+from difnet_jax import checkpointing, trained_run, visualize
 from difnet_jax.data import pipeline
 from difnet_jax.evaluation.evaluator import EvalOptions
 from difnet_jax.pictures import NUM_PICTURES, largest_network_input, validation_examples
@@ -278,6 +278,20 @@ def seed_groups_json(groups: Sequence[SeedGroup]) -> dict[str, Any]:
     }
 
 
+def headline_table(runs: Sequence[RunRecord]) -> str:
+    """What `experiments.compare` prints: per run its steps, final and best validation mIoU and pixel accuracy
+    (compare.md has the per-class IoU, the seed groups and the figures)."""
+    rows = [("run", "steps", "final mIoU (%)", "best mIoU (%) (step)", "pixel accuracy (%)")]
+    for run in runs:
+        best = max(run.evals, key=lambda r: r["val/miou"])
+        rows.append((run.label, str(run.steps), _percent(run.evals[-1]["val/miou"]),
+                     f"{_percent(best['val/miou'])} ({best['step']})", _percent(run.evals[-1]["val/pixel_accuracy"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
 def comparison_markdown(runs: Sequence[RunRecord], skipped: Sequence[str],
                         groups: Sequence[SeedGroup] = ()) -> str:
     lines = [f"# Comparison of {len(runs)} run(s) on {runs[0].dataset}", "",
@@ -349,9 +363,10 @@ def compare(workdirs: Sequence[str], out: str, *, num_images: int = NUM_PICTURES
 
     `load_config` reads a workdir's config (the CLI fills keys added since the run was trained).
     Returns {'runs': the compared RunRecords, 'skipped': reasons, 'paths': written files}.
-    Raises DatasetMismatch (nothing written) for runs of different datasets, ValueError
-    when no run can be compared.
+    Raises PathError if `out` cannot be written, DatasetMismatch for runs of different datasets, ValueError
+    when no run can be compared: all before anything is loaded or written.
     """
+    checkpointing.check_writable(out, "output folder", "--out", keep=False)
     runs, skipped = [], []
     for workdir in workdirs:
         try:
