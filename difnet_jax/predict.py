@@ -143,8 +143,12 @@ def check_outputs(inputs: Sequence[str], output_dir: str, force: bool = False) -
 
 def _save_png(picture: Image.Image, path: str) -> None:
     """Complete or not at all: written beside `path`, then renamed (an interrupt leaves no half-written PNG)."""
-    picture.save(path + ".partial", format="PNG")
-    os.replace(path + ".partial", path)
+    try:
+        picture.save(path + ".partial", format="PNG")
+        os.replace(path + ".partial", path)
+    finally:
+        if os.path.exists(path + ".partial"):
+            os.remove(path + ".partial")
 
 
 def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: Sequence[str], output_dir: str, *,

@@ -300,9 +300,13 @@ def write_report(report: dict[str, Any], directory: str, basename: str) -> tuple
     json_path = os.path.join(directory, basename + ".json")
     md_path = os.path.join(directory, basename + ".md")
     for path, text in ((json_path, json.dumps(report, indent=2)), (md_path, report_markdown(report))):
-        with open(path + ".partial", "w") as f:
-            f.write(text)
-        os.replace(path + ".partial", path)
+        try:
+            with open(path + ".partial", "w") as f:
+                f.write(text)
+            os.replace(path + ".partial", path)
+        finally:  # an interrupt or a full disk leaves no .partial file either
+            if os.path.exists(path + ".partial"):
+                os.remove(path + ".partial")
     return json_path, md_path
 
 
