@@ -8,7 +8,6 @@ workdirs are fakes: a config.json (and an empty checkpoint folder) is all the re
 
 import ast
 import concurrent.futures
-import glob
 import json
 import logging
 import os
@@ -231,19 +230,16 @@ def test_a_bug_in_a_config_file_keeps_its_traceback(tmp_path):
     assert process.returncode == 1 and "Traceback" in process.stderr and "no_such_method" in process.stderr
 
 
-def _tfds_temp_folders() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*tfds")))
-
-
-def test_prepare_refuses_a_real_dataset_without_manual_dir_and_creates_nothing(tmp_path):
+def test_prepare_refuses_a_real_dataset_without_manual_dir_and_creates_nothing(tmp_path, monkeypatch):
     data_dir = tmp_path / "tfds"
-    temp_folders = _tfds_temp_folders()
+    (tmp_path / "temp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))  # where TFDS would leave its tmp*tfds folder
     with pytest.raises(DatasetNotPreparedError, match=r"'voc_aug' is not prepared in data_dir .*tfds") as error:
         pipeline.prepare("voc_aug", str(data_dir))
     assert "python -m experiments.prepare_data --dataset=voc_aug" in str(error.value)
     assert isinstance(error.value, FileNotFoundError)  # code catching the built-in still does
     assert not data_dir.exists()
-    assert _tfds_temp_folders() <= temp_folders  # TFDS's empty /tmp/tmp*tfds per look at it (tfds_side_effects)
+    assert os.listdir(tmp_path / "temp") == []  # no empty tmp*tfds folder per look at it (tfds_side_effects)
 
 
 def test_dataset_generation_logs_plain_lines_where_stderr_is_no_terminal(caplog, monkeypatch):
