@@ -1,5 +1,6 @@
-"""experiments.readme_figures: each figure is found in README.md, read from its output, and compared at the README's
-digits; --check --from_runs exits 1 naming a figure that differs. Nothing is trained: the outputs are hand-made."""
+"""experiments.readme_figures: each figure is found on its page (README.md or a docs/ page), read from its output, and
+compared at the page's digits; --check --from_runs exits 1 naming a figure that differs. Nothing is trained: the
+outputs are hand-made."""
 
 import json
 import os
@@ -8,20 +9,20 @@ import subprocess
 import sys
 
 from experiments import readme_figures
-from experiments.readme_figures import FIGURES, readme_figure, verdict
+from experiments.readme_figures import FIGURES, read_pages, readme_figure, verdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _readme() -> str:
-    with open(os.path.join(REPO, "README.md")) as f:
-        return f.read()
+def _pages() -> dict[str, str]:
+    return read_pages(os.path.join(REPO, "README.md"))
 
 
-def test_every_figure_is_in_the_readme_once():
-    readme = _readme()
-    assert [f.name for f in FIGURES if readme_figure(f, readme) is None] == []
+def test_every_figure_is_on_its_page_once():
+    pages = _pages()
+    assert [f.name for f in FIGURES if readme_figure(f, pages[f.page]) is None] == []
     assert len({f.name for f in FIGURES}) == len(FIGURES)
+    assert {f.page for f in FIGURES} == {"README.md", "docs/evaluation.md"}
 
 
 def test_a_figure_agrees_when_it_rounds_to_the_readmes_digits():
@@ -33,11 +34,11 @@ def test_a_figure_agrees_when_it_rounds_to_the_readmes_digits():
     assert verdict(None, 0.6) == ("0.6000", False)
 
 
-def _write_outputs(root, readme):
-    """Each output file with the README's figures (the most digits where several figures share a key)."""
+def _write_outputs(root, pages):
+    """Each output file with the pages' figures (the most digits where several figures share a key)."""
     values = {}
     for figure in FIGURES:
-        printed = readme_figure(figure, readme)
+        printed = readme_figure(figure, pages[figure.page])
         known = values.setdefault(figure.output, {}).get(figure.key)
         if known is None or len(printed) > len(known):
             values[figure.output][figure.key] = printed
@@ -59,13 +60,16 @@ def _check(root):
 
 
 def test_check_from_runs_exits_1_naming_the_figure_that_differs(tmp_path):
-    readme = _readme()
-    for figure in FIGURES:  # a figure the README does not print yet (a placeholder) gets a number here
-        match = re.search(figure.readme, readme)
+    pages = _pages()
+    for figure in FIGURES:  # a figure its page does not print yet (a placeholder) gets a number here
+        text = pages[figure.page]
+        match = re.search(figure.readme, text)
         if not re.fullmatch(r"\d+\.\d+", match.group(1)):
-            readme = readme[:match.start(1)] + "0.5000" + readme[match.end(1):]
-    (tmp_path / "README.md").write_text(readme)
-    _write_outputs(tmp_path, readme)
+            pages[figure.page] = text[:match.start(1)] + "0.5000" + text[match.end(1):]
+    for page, text in pages.items():
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / page).write_text(text)
+    _write_outputs(tmp_path, pages)
     agreeing = _check(tmp_path)
     assert agreeing.returncode == 0, agreeing.stdout + agreeing.stderr
     assert f"{len(FIGURES)} of {len(FIGURES)} figures agree" in agreeing.stdout
