@@ -52,23 +52,25 @@ SIZES = {
 }
 
 
-# --- config helpers (the one place that knows where DifNet's backend key lives) --------------------------
+# --- config helpers (the one place that knows where the diffusion backend key lives) --------------------------
 
 
 def set_backend(config, name: str) -> None:
-    """Sets DifNet's diffusion backend: `config.model.difnet.diffusion_backend` (family sub-dict) or the old
+    """Sets the diffusion backend: `diffusion_backend` in the model family's own sub-dict (DifNet's) or the old
     flat `config.model.diffusion_backend`; models without a cascade are left alone."""
     model = config.model
-    if "difnet" in model and "diffusion_backend" in model.difnet:
-        model.difnet.diffusion_backend = name
+    own = model.get(model.get("name", ""))
+    if own is not None and "diffusion_backend" in own:
+        own.diffusion_backend = name
     elif "diffusion_backend" in model:
         model.diffusion_backend = name
 
 
 def get_backend(config) -> str | None:
     model = config.model
-    if "difnet" in model and "diffusion_backend" in model.difnet:
-        return model.difnet.diffusion_backend
+    own = model.get(model.get("name", ""))
+    if own is not None and "diffusion_backend" in own:
+        return own.diffusion_backend
     return model.get("diffusion_backend")
 
 

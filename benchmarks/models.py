@@ -51,7 +51,7 @@ from absl import app, flags
 
 from benchmarks import report
 from difnet_jax import timing, train
-from difnet_jax.models import affinity, pdn
+from difnet_jax.models import affinity, family_of, pdn
 from difnet_jax.models.resnet import ResNet
 from difnet_jax.studies import difnet_mechanism
 from experiments.configs.voc import get_config
@@ -78,35 +78,26 @@ _MODULE_DEPTHS = flags.DEFINE_list("module_depths", ["18", "50", "101"], "Backbo
 
 NUM_CLASSES = 21
 GIB = 2**30
-NAMES = {"difnet": "DifNet", "simdeeplab": "Sim-DeepLab", "pdn": "PDN", "deeplabv3plus": "DeepLabv3+"}
 
 
 def model_label(variant: str) -> str:
-    """E.g. 'DifNet-50', 'PDN-18 24NB-2M', 'DeepLabv3+-18 + affinity'."""
+    """E.g. 'DifNet-50', 'PDN-18 24NB-2M', 'DeepLabv3+-18 + affinity' (the family's `label`)."""
     model = get_config(variant).model
-    label = f"{NAMES[model.name]}-{model.depth}"
-    if model.name == "pdn":
-        label += f" {model.pdn.neighbors}NB-{model.pdn.modules}M"
-    if model.name == "deeplabv3plus" and tuple(model.deeplabv3plus.affinity_rates):
-        label += " + affinity"
-    return label
+    return family_of(model).label(model)
 
 
 def _affinity_setup(config, labels: np.ndarray) -> str | None:
     """For a DeepLabv3+ with the affinity head (whose bias starts from the statistics, whatever the weighting):
     counts them on `labels`, writes them to a temporary JSON file and points the config at it; returns the path
     (None when nothing was needed)."""
-    if config.model.name != "deeplabv3plus":
+    propagation = family_of(config.model).propagation(config.model)  # the affinity head's rates, if it has one
+    if propagation is None:
         return None
-    own = config.model.deeplabv3plus
-    rates = affinity.expand_rates(tuple(own.affinity_rates))
-    if not rates:
-        return None
-    stats = affinity.count_neighbours(labels, rates)
+    stats = affinity.count_neighbours(labels, propagation.rates)
     handle, path = tempfile.mkstemp(suffix=".json", prefix="affinity_stats_")
     with os.fdopen(handle, "w") as f:
         json.dump({"rates": affinity.stats_to_json(stats)}, f)
-    own.affinity_stats = path
+    config.model[config.model.name].affinity_stats = path
     return path
 
 

@@ -24,17 +24,21 @@ import orbax.checkpoint as ocp
 
 from difnet_jax import config_compat
 from difnet_jax.config_errors import ConfigError, PathError
+from difnet_jax.models.families import FAMILIES
 
 log = logging.getLogger(__name__)
 
 # Keys that say where things are or how they are computed, not what is trained: they may change on resume.
-# (backbone_init only seeds a fresh run: a resumed run reads its weights from the checkpoint.)
+# (backbone_init only seeds a fresh run: a resumed run reads its weights from the checkpoint.) Each family adds
+# its own (`Family.resumable_keys`, `resumable_changes`).
 RESUMABLE_CHANGES = ("data.data_dir", "data.manual_dir", "data.num_workers", "data.read_threads", "data.eval_mode",
-                     "data.eval_stride", "data.eval_size", "model.difnet.diffusion_backend", "model.pdn.impl",
-                     "model.deeplabv3plus.affinity_stats_data_dir", "model.deeplabv3plus.propagation_lambda",
-                     "model.deeplabv3plus.propagation_mu", "model.deeplabv3plus.propagation_iterations",
-                     "model.deeplabv3plus.propagation_self_term",
-                     "model.backbone_init", "model.verify_backbone_init")
+                     "data.eval_stride", "data.eval_size", "model.backbone_init", "model.verify_backbone_init")
+
+
+def resumable_changes() -> tuple[str, ...]:
+    """RESUMABLE_CHANGES and every family's `resumable_keys` (as `model.<family>.<key>`)."""
+    return RESUMABLE_CHANGES + tuple(f"model.{name}.{key}" for name, family in FAMILIES.items()
+                                     for key in family.resumable_keys)
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -90,9 +94,10 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None
         saved = config_compat.upgrade_saved(json.load(f))
     saved = _flatten({k: v for k, v in saved.items() if k in ("model", "data")})
     current = _flatten({k: v for k, v in json.loads(config.to_json_best_effort()).items() if k in ("model", "data")})
+    resumable = resumable_changes()
     differing = sorted(
         key for key in saved.keys()
-        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
+        if key not in resumable and saved.get(key) != current.get(key)
     )
     if "model.name" in differing:  # another family: its own keys differ too, the name says it all
         differing = ["model.name"]

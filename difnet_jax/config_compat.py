@@ -1,12 +1,12 @@
-"""Old config keys keep working: the one mapping from DifNet's former flat keys to `model.difnet.*`.
+"""Old config keys keep working: the one place that maps a family's former flat keys to `model.<name>.*`.
 
 Until the family table, DifNet's own keys sat directly in `config.model` (`model.walks`, ...).
 They now live in the family's sub-dict. Two places still meet the old names, and both go
-through `LEGACY_KEYS` here: command lines (`--config.model.walks=(1,3,5)`, rewritten by
-`rewrite_argv` before absl parses them) and the config.json files of earlier runs
-(`upgrade_saved`, used by `trained_run.load_config` and the resume check).
+through `legacy_keys()` here (each family's `Family.renamed_keys`): command lines
+(`--config.model.walks=(1,3,5)`, rewritten by `rewrite_argv` before absl parses them) and the config.json
+files of earlier runs (`upgrade_saved`, used by `trained_run.load_config` and the resume check).
 
-Keys whose current default would change what an old run was (`AS_RAN`, and a family's own `LEGACY` table)
+Keys whose current default would change what an old run was (`AS_RAN`, and a family's own `Family.as_ran`)
 are written into an old config.json by `upgrade_saved` with the value it ran with, before any default fills
 the gaps: DifNet's variants now default to the authors' ResNet and input, older runs used torchvision's;
 DeepLabv3+ now has the reference's multi-grid, BatchNorm decays and dropout, older runs had none.
@@ -21,16 +21,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-LEGACY_KEYS = {
-    "model.aspp": "model.difnet.aspp",
-    "model.walks": "model.difnet.walks",
-    "model.psi_channels": "model.difnet.psi_channels",
-    "model.diffusion_backend": "model.difnet.diffusion_backend",
-    "model.backbone_init_branches": "model.difnet.backbone_init_branches",
-}
-
 # dotted key -> the value every run saved before the key existed ran with (set only where its parent dict exists:
-# a family's keys only in that family's runs).
+# a family's keys only in that family's runs). Each family adds its own (`Family.as_ran`).
 AS_RAN = {
     "model.resnet_layout": "torchvision",
     "model.logits_upsampling": "align_corners",
@@ -38,18 +30,29 @@ AS_RAN = {
 }
 
 
-def _as_ran_table() -> dict[str, Any]:
-    """AS_RAN plus each family's own record of what its older runs ran with (DeepLabv3+'s `LEGACY`)."""
-    from difnet_jax.models import deeplabv3plus  # the family's table stays with the family
+def _families():
+    from difnet_jax.models.families import FAMILIES  # noqa: PLC0415  (the CLI rewrites argv before JAX loads)
 
-    return {**AS_RAN, **{f"model.deeplabv3plus.{key}": value for key, value in deeplabv3plus.LEGACY.items()}}
+    return FAMILIES
+
+
+def legacy_keys() -> dict[str, str]:
+    """{old flat key: its place now}, e.g. 'model.walks' -> 'model.difnet.walks' (each family's `renamed_keys`)."""
+    return {f"model.{old}": f"model.{name}.{new}" for name, family in _families().items()
+            for old, new in family.renamed_keys.items()}
+
+
+def _as_ran_table() -> dict[str, Any]:
+    """AS_RAN plus each family's own record of what its older runs ran with (`Family.as_ran`)."""
+    return {**AS_RAN, **{f"model.{name}.{key}": value for name, family in _families().items()
+                         for key, value in family.as_ran.items()}}
 
 
 def rewrite_argv(argv: Sequence[str]) -> list[str]:
     """`--config.model.walks=...` -> `--config.model.difnet.walks=...` (also the `--flag value` form)."""
-    rewritten = []
+    rewritten, renamed = [], legacy_keys()
     for arg in argv:
-        for old, new in LEGACY_KEYS.items():
+        for old, new in renamed.items():
             prefix = f"--config.{old}"
             if arg == prefix or arg.startswith(prefix + "="):
                 arg = f"--config.{new}" + arg[len(prefix):]
@@ -78,7 +81,7 @@ def _as_ran(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
-    """A config.json dict as the current code reads it: the flat DifNet keys moved into `model.difnet`
+    """A config.json dict as the current code reads it: a family's old flat keys moved into `model.<name>`
     (dropped for other models), and the keys of AS_RAN it lacks set to the values it ran with.
 
     Sim-DeepLab configs used to carry DifNet's keys without using them; they are dropped.
@@ -89,13 +92,18 @@ def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
     saved = _as_ran(saved)
     model = saved["model"]
-    legacy = {old.split(".", 1)[1]: new.split(".")[-1] for old, new in LEGACY_KEYS.items()}
+    families = _families()
+    legacy = {old for family in families.values() for old in family.renamed_keys}
     if not any(key in model for key in legacy):
         return saved
     upgraded = copy.deepcopy(saved)
     model = upgraded["model"]
-    moved = {legacy[key]: model.pop(key) for key in list(model) if key in legacy}
-    if model.get("name") == "difnet":
-        model.setdefault("difnet", {}).update({k: v for k, v in moved.items() if k not in model.get("difnet", {})})
-        log.info("config.json: moved the flat keys %s into model.difnet", sorted(moved))
+    moved = {key: model.pop(key) for key in list(model) if key in legacy}
+    family = families.get(model.get("name"))
+    own = {family.renamed_keys[key]: value for key, value in moved.items()
+           if family is not None and key in family.renamed_keys}
+    if own:
+        target = model.setdefault(model["name"], {})
+        target.update({k: v for k, v in own.items() if k not in target})
+        log.info("config.json: moved the flat keys %s into model.%s", sorted(own), model["name"])
     return upgraded

@@ -1,9 +1,9 @@
 """Validation pictures: a fixed handful of validation images drawn at each evaluation.
 
-`ValidationPictures` draws image | ground truth | prediction, followed by whichever of these the
-model's intermediates hold: DifNet's 'seed' and last of its 'walks', the family's extra
-predictions (PDN's diffusion layers), and 'affinity_logits' as the mean affinity to the 8
-neighbours at the first rate (bright = same class as the neighbours). One jit call per
+`ValidationPictures` draws image | ground truth | prediction, followed by the panels the model's
+family draws (`Family.picture_maps`): by default its extra predictions (PDN's diffusion layers);
+DifNet's seed and last walk; DeepLabv3+'s affinity head as the mean affinity to the 8 neighbours
+at the first rate (bright = same class as the neighbours). One jit call per
 evaluation. Training logs them to TensorBoard (`run_log.EventLog`); `studies.compare` draws
 the same examples.
 """
@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -70,18 +69,10 @@ def picture_maps(model, family: Family | None, variables: dict[str, Any], images
                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """({panel: class indices (B, h, w)}, {panel: values in [0, 1] (B, h, w)}) of whichever outputs exist."""
     logits, intermediates = model.apply(variables, images, train=False)
-    labels = {"prediction": logits.argmax(-1)}
-    if "seed" in intermediates:
-        labels["seed"] = intermediates["seed"].argmax(-1)
-    if intermediates.get("walks"):
-        labels[f"walk {len(intermediates['walks'])}"] = intermediates["walks"][-1].argmax(-1)
+    labels, heat = {"prediction": logits.argmax(-1)}, {}
     if family is not None:
-        for name, head in family.extra_predictions(intermediates).items():
-            labels[name] = head.argmax(-1)
-    heat = {}
-    if "affinity_logits" in intermediates:  # channels 8k + n: rate k, neighbour n (difnet_jax.models.affinity)
-        heat["affinity, rate 1"] = jax.nn.sigmoid(intermediates["affinity_logits"][..., :8].astype(jnp.float32)
-                                                  ).mean(-1)
+        panels, heat = family.picture_maps(intermediates)
+        labels.update({name: head.argmax(-1) for name, head in panels.items()})
     return labels, heat
 
 

@@ -1,8 +1,8 @@
 """Wall-clock timing of jitted functions on the current device (Table 4 of the paper).
 
 Also the pieces every timing script shares: `forward` (one jitted eval-mode forward of any family),
-`random_variables` (weights of a model's shapes without compiling its init) and `time_cascade`
-(DifNet's cascade alone on the seed grid of an image size).
+`random_variables` (weights of a model's shapes without compiling its init); DifNet's cascade alone is
+timed by `models.difnet.time_cascade`.
 
 Each function is run `warmup` times (compilation included) and then `runs` times,
 blocking until its outputs are ready; the median and the spread are reported.
@@ -22,8 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from difnet_jax.models import diffusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,15 +96,3 @@ def random_variables(model: nn.Module, images: jax.Array) -> dict[str, Any]:
             std = (2.0 / max(int(np.prod(leaf.shape[:-1])), 1)) ** 0.5
             values.append(std * jax.random.normal(jax.random.PRNGKey(i), leaf.shape, leaf.dtype))
     return jax.tree.unflatten(treedef, values)
-
-
-def time_cascade(size: int, num_classes: int, *, num_walks: int = 5, psi_channels: int = 64, runs: int = 10,
-                 backend: str = "dense") -> Timing:
-    """Time of DifNet's cascade alone on the seed grid of a size x size image (random seed and Psi)."""
-    grid = seed_grid_size(size)
-    keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    seed = jax.random.normal(keys[0], (1, grid * grid, num_classes))
-    psis = jax.random.normal(keys[1], (num_walks, 1, grid * grid, psi_channels))
-    zeros = jnp.zeros(num_walks)
-    fn = jax.jit(lambda s, p: diffusion.cascade(s, list(p), zeros, zeros, backend=backend)[0])
-    return time_function(fn, seed, psis, runs=runs)

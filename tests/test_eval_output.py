@@ -112,6 +112,6 @@ def test_heads_come_in_numeric_order_and_the_crf_time_is_printed():
                                                        "layer2": eye, "layer10": eye})
     assert list(head_mious(result)) == ["layer2", "layer10", "oracle_T1", "oracle_T3", "oracle_T10"]
     printed, _ = _report(2)
-    printed["timing"] = {"crf_seconds_per_image": 0.2451, "diffusion_seconds_per_image": 0.0005}
-    assert ("dense CRF: 245.1 ms per image (DifNet's diffusion on the same canvas: 0.5 ms)"
+    printed["timing"] = {"crf_seconds_per_image": 0.2451, "part": "DifNet's cascade", "part_seconds_per_image": 0.0005}
+    assert ("dense CRF: 245.1 ms per image (DifNet's cascade on the same canvas: 0.5 ms)"
             in report.report_text(printed).splitlines())

@@ -225,10 +225,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"| device | {report.get('device', '?')} |",
         f"| time | {report.get('seconds', float('nan')):.1f} s |",
     ]
+    timed = report.get("timing", {})
     for key, label in (("crf_seconds_per_image", "dense CRF per image"),
-                       ("diffusion_seconds_per_image", "DifNet diffusion (cascade) per image, same size")):
-        if key in report.get("timing", {}):
-            lines.append(f"| {label} | {1000 * report['timing'][key]:.1f} ms |")
+                       ("part_seconds_per_image", f"{timed.get('part')} per image, same size")):
+        if key in timed:
+            lines.append(f"| {label} | {1000 * timed[key]:.1f} ms |")
     lines += [
         "",
         f"**mIoU {_percent(report['miou'])} %**, pixel accuracy {_percent(report['pixel_accuracy'])} %",
@@ -288,8 +289,9 @@ def report_text(report: dict[str, Any]) -> str:
         lines.append(f"head {name}: mIoU {_fraction(value)}")
     timing_ = report.get("timing") or {}
     if "crf_seconds_per_image" in timing_:
-        lines.append(f"dense CRF: {1000 * timing_['crf_seconds_per_image']:.1f} ms per image (DifNet's diffusion on "
-                     f"the same canvas: {1000 * timing_['diffusion_seconds_per_image']:.1f} ms)")
+        part = (f" ({timing_['part']} on the same canvas: {1000 * timing_['part_seconds_per_image']:.1f} ms)"
+                if "part_seconds_per_image" in timing_ else "")
+        lines.append(f"dense CRF: {1000 * timing_['crf_seconds_per_image']:.1f} ms per image{part}")
     lines.append(f"mIoU {_fraction(report['miou'])}, pixel accuracy {_fraction(report['pixel_accuracy'])}")
     return "\n".join(lines)
 
@@ -353,8 +355,8 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     the training loop's, so the default settings reproduce the in-training mIoU.
     Returns (report, written paths). The report's 'heads' holds the mIoU of every extra
     head (PDN's layers) and refinement. With `crf_params` its 'timing' holds the dense
-    CRF's time per image and, for comparison, the time of DifNet's cascade of five random
-    walks on the seed grid of the same canvas.
+    CRF's time per image and, for comparison, the time of the part the model's family times
+    (`Family.timed_part`: DifNet's cascade of random walks on the seed grid of the same canvas).
     """
     output_dir = output_dir or workdir
     if output_dir != workdir or os.path.isdir(workdir):  # (no workdir at all: load_run says so, creating nothing)
@@ -388,7 +390,7 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
         device=timing.device_description(), heads=head_mious(result),
     )
     if crf_params:
-        report["timing"] = crf_timing(crf_params, options, len(run.class_names), data_source)
+        report["timing"] = crf_timing(crf_params, options, len(run.class_names), data_source, model=config.model)
     basename = report_basename(split, run.step, options.scales, flip, crf_params is not None, options.mode)
     if refinements:
         basename += "_propagate"
@@ -402,9 +404,10 @@ def evaluate_workdir(workdir: str, *, config: ml_collections.ConfigDict | None =
     return report, paths
 
 
-def crf_timing(params: crf.CRFParams, options: EvalOptions, num_classes: int, data_source, runs: int = 5) -> dict:
-    """Median seconds per image of the dense CRF on the first image's canvas (`options.mode`'s), and of DifNet's
-    cascade on the eval_size x eval_size canvas."""
+def crf_timing(params: crf.CRFParams, options: EvalOptions, num_classes: int, data_source, runs: int = 5,
+               model: ml_collections.ConfigDict | None = None) -> dict:
+    """Median seconds per image of the dense CRF on the first image's canvas (`options.mode`'s), and of the part
+    of `model` its family times beside it (`Family.timed_part`: DifNet's cascade) on the eval_size canvas."""
     batch = next(eval_batches_with_sizes(data_source, batch_size=1, options=options))
     colours = unnormalize(batch["image"], options.normalization)[0]
     height, width = colours.shape[:2]
@@ -412,7 +415,10 @@ def crf_timing(params: crf.CRFParams, options: EvalOptions, num_classes: int, da
     probabilities = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(0), (height, width, num_classes)))
     crf_time = timing.time_function(
         lambda p: crf.dense_crf(p, colours, valid, params=params), probabilities, warmup=1, runs=runs)
-    cascade_time = timing.time_cascade(options.eval_size, num_classes, runs=runs)
-    return {"crf_seconds_per_image": crf_time.median_s, "crf_std_s": crf_time.std_s,
-            "crf_sender_stride": crf.sender_stride(height, width, params.max_senders),
-            "diffusion_seconds_per_image": cascade_time.median_s, "diffusion_std_s": cascade_time.std_s}
+    timed = {"crf_seconds_per_image": crf_time.median_s, "crf_std_s": crf_time.std_s,
+             "crf_sender_stride": crf.sender_stride(height, width, params.max_senders)}
+    timed_part = family_of(model).timed_part if model is not None else None
+    if timed_part is not None:
+        part, part_time = timed_part(model, options.eval_size, num_classes, runs)
+        timed.update(part=part, part_seconds_per_image=part_time.median_s, part_std_s=part_time.std_s)
+    return timed

@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -466,3 +466,22 @@ def loss(outputs: family.Outputs, batch, model: ml_collections.ConfigDict) -> tu
                                  weighting=own.affinity_weighting, stats=stats, gamma=own.affinity_gamma,
                                  reduction=own.affinity_reduction)
     return ce + own.affinity_beta * aff, {"ce": ce, "affinity": aff}
+
+
+def label(model: ml_collections.ConfigDict) -> str:
+    """E.g. 'DeepLabv3+-18', 'DeepLabv3+-18 + affinity'."""
+    return f"DeepLabv3+-{model.depth}" + (" + affinity" if tuple(model[NAME].affinity_rates) else "")
+
+
+def pictures(intermediates: Mapping[str, Any]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """With the affinity head: the mean affinity to the 8 neighbours at the first rate (bright = same class as the
+    neighbours; channels 8k + n: rate k, neighbour n, `affinity`)."""
+    if "affinity_logits" not in intermediates:
+        return {}, {}
+    return {}, {"affinity, rate 1": jax.nn.sigmoid(intermediates["affinity_logits"][..., :8].astype(jnp.float32)
+                                                   ).mean(-1)}
+
+
+# Where the statistics are read from and how the refinement is computed, not what is trained.
+RESUMABLE_KEYS = ("affinity_stats_data_dir", "propagation_lambda", "propagation_mu", "propagation_iterations",
+                  "propagation_self_term")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax import losses
+from difnet_jax import losses, timing
 from difnet_jax.config_errors import positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES, OUTPUT_STRIDE
 from difnet_jax.models import affinity, diffusion, family
@@ -243,6 +243,40 @@ def extra_predictions(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
     """{'seed': the seed s = M * x on the seed grid}: the seed branch alone (Sec. 4), evaluated beside the diffused
     output, so that val/miou - val/miou_seed is what the cascade of random walks adds."""
     return {"seed": intermediates["seed"]}
+
+
+def pictures(intermediates: Mapping[str, Any]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """The seed and the last walk's scores as label panels (validation pictures)."""
+    walks = intermediates.get("walks") or []
+    return {"seed": intermediates["seed"], **({f"walk {len(walks)}": walks[-1]} if walks else {})}, {}
+
+
+def label(model: ml_collections.ConfigDict) -> str:
+    return f"DifNet-{model.depth}"
+
+
+# DifNet's keys that sat directly in config.model before the family table (older command lines and config.json).
+RENAMED_KEYS = {key: key for key in ("aspp", "walks", "psi_channels", "diffusion_backend", "backbone_init_branches")}
+RESUMABLE_KEYS = ("diffusion_backend",)  # how the cascade is computed, not what is trained
+
+
+def time_cascade(size: int, num_classes: int, *, num_walks: int = 5, psi_channels: int = 64, runs: int = 10,
+                 backend: str = "dense") -> timing.Timing:
+    """Time of DifNet's cascade alone on the seed grid of a size x size image (random seed and Psi)."""
+    grid = timing.seed_grid_size(size)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    seed = jax.random.normal(keys[0], (1, grid * grid, num_classes))
+    psis = jax.random.normal(keys[1], (num_walks, 1, grid * grid, psi_channels))
+    zeros = jnp.zeros(num_walks)
+    fn = jax.jit(lambda s, p: diffusion.cascade(s, list(p), zeros, zeros, backend=backend)[0])
+    return timing.time_function(fn, seed, psis, runs=runs)
+
+
+def timed_part(model: ml_collections.ConfigDict, size: int, num_classes: int, runs: int) -> tuple[str, timing.Timing]:
+    """The evaluation report times the cascade of random walks beside the dense CRF (Table 4)."""
+    own = model.difnet
+    return "DifNet's cascade", time_cascade(size, num_classes, num_walks=len(own.walks),
+                                            psi_channels=own.psi_channels, runs=runs)
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -1,8 +1,10 @@
 """The family table: `FAMILIES`, from `config.model.name` to a family's entry points.
 
 `family.Family` holds build, loss, backbones, check, defaults, extra predictions, the training
-output stride and affinity propagation. Training, evaluation and the config checks read it;
-nothing else branches on the model's name. Adding a family = its model file, one entry here,
+output stride, affinity propagation, the variant's label, the keys a resume may change, the renamed
+and as-ran keys of older configs, the validation pictures and what the evaluation report times.
+Training, evaluation and the config checks read it; nothing else branches on the model's name.
+Adding a family = its model file, one entry here,
 its variants in experiments/configs/variants.py, the README and its tests.
 """
 
@@ -15,15 +17,19 @@ from difnet_jax.models.family import Family, initialised_backbones, segmentation
 
 FAMILIES: dict[str, Family] = {
     "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
-                     defaults=difnet.defaults, extra_predictions=difnet.extra_predictions),
+                     defaults=difnet.defaults, extra_predictions=difnet.extra_predictions, label=difnet.label,
+                     resumable_keys=difnet.RESUMABLE_KEYS, renamed_keys=difnet.RENAMED_KEYS,
+                     pictures=difnet.pictures, timed_part=difnet.timed_part),
     "simdeeplab": Family(build=simdeeplab.build, loss=segmentation_loss, backbones=simdeeplab.backbones,
-                         check=simdeeplab.check, defaults=simdeeplab.defaults),
+                         check=simdeeplab.check, defaults=simdeeplab.defaults, label=simdeeplab.label),
     "pdn": Family(build=pdn.build, loss=pdn.loss, backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,
-                  extra_predictions=pdn.extra_predictions),
+                  extra_predictions=pdn.extra_predictions, label=pdn.label, resumable_keys=pdn.RESUMABLE_KEYS),
     "deeplabv3plus": Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
                             check=deeplabv3plus.check, defaults=deeplabv3plus.defaults,
                             train_output_stride=deeplabv3plus.train_output_stride,
-                            propagation=deeplabv3plus.propagation),
+                            propagation=deeplabv3plus.propagation, label=deeplabv3plus.label,
+                            resumable_keys=deeplabv3plus.RESUMABLE_KEYS, as_ran=deeplabv3plus.LEGACY,
+                            pictures=deeplabv3plus.pictures),
 }
 
 

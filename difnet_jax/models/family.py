@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -29,7 +29,9 @@ import ml_collections
 
 from difnet_jax import losses
 from difnet_jax.constants import OUTPUT_STRIDE
-from difnet_jax.models import affinity
+
+if TYPE_CHECKING:  # the type only: the family record imports no family's math
+    from difnet_jax.models.affinity import Propagation
 
 Outputs = tuple[jax.Array, Mapping[str, Any]]  # (logits, intermediates)
 
@@ -55,6 +57,16 @@ class Family:
     propagation: config.model -> `affinity.Propagation` (the rates of the model's affinity head
         and the refinement's settings) or None when the model predicts no affinity; evaluation
         asks this before offering affinity propagation (Dilated Affinity, Eq. 6-7).
+    label: config.model -> the name tables and plots give a variant ('DifNet-50', 'PDN-18 24NB-2M').
+    resumable_keys: the family's own keys (in `config.model.<name>`) that say how things are computed or
+        where they are read from, not what is trained: a resumed run may change them.
+    renamed_keys: {old flat key in config.model: the family's own key}: older command lines and
+        config.json files (`config_compat`) keep working.
+    as_ran: {own key: the value a config.json saved before the key existed ran with}.
+    pictures: intermediates -> ({panel: logits (B, h, w, K)}, {panel: values in [0, 1] (B, h, w)}): what the
+        validation pictures draw beside image | ground truth | prediction (default: the extra predictions).
+    timed_part: (config.model, canvas side, num_classes, runs) -> (what, `timing.Timing`): the part of the
+        network the evaluation report times beside the dense CRF (DifNet: its cascade); None: nothing.
     """
 
     build: Callable[[ml_collections.ConfigDict, int], nn.Module]
@@ -65,7 +77,19 @@ class Family:
     defaults: Callable[[], ml_collections.ConfigDict]
     extra_predictions: Callable[[Mapping[str, Any]], dict[str, jax.Array]] = lambda intermediates: {}
     train_output_stride: Callable[[ml_collections.ConfigDict], int] = lambda model: OUTPUT_STRIDE
-    propagation: Callable[[ml_collections.ConfigDict], affinity.Propagation | None] = lambda model: None
+    propagation: Callable[[ml_collections.ConfigDict], Propagation | None] = lambda model: None
+    label: Callable[[ml_collections.ConfigDict], str] = lambda model: f"{model.name}-{model.depth}"
+    resumable_keys: tuple[str, ...] = ()
+    renamed_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    as_ran: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pictures: Callable[[Mapping[str, Any]], tuple[dict[str, jax.Array], dict[str, jax.Array]]] | None = None
+    timed_part: Callable[[ml_collections.ConfigDict, int, int, int], tuple[str, Any]] | None = None
+
+    def picture_maps(self, intermediates: Mapping[str, Any]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """`pictures(intermediates)`, or by default each extra prediction as a label panel."""
+        if self.pictures is not None:
+            return self.pictures(intermediates)
+        return dict(self.extra_predictions(intermediates)), {}
 
 
 def cached_settings(derive: Callable[[ml_collections.ConfigDict], Any]) -> Callable[[ml_collections.ConfigDict], Any]:

@@ -397,3 +397,11 @@ def loss(outputs: family.Outputs, batch: Mapping[str, jax.Array],
 def extra_predictions(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
     """{'layer1': logits, ...}: every diffusion layer's class scores on the feature grid (Table 2)."""
     return {f"layer{t}": logits for t, logits in enumerate(intermediates["layer_logits"], start=1)}
+
+
+def label(model: ml_collections.ConfigDict) -> str:
+    """E.g. 'PDN-18 24NB-2M' (neighbourhood and modules)."""
+    return f"PDN-{model.depth} {model.pdn.neighbors}NB-{model.pdn.modules}M"
+
+
+RESUMABLE_KEYS = ("impl",)  # how the diffusion layers are computed, not what is trained

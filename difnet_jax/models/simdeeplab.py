@@ -67,3 +67,7 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> SimDeepLab:
         resnet_layout=model.get("resnet_layout", "torchvision"),
         align_corners=LOGITS_UPSAMPLING[model.get("logits_upsampling", "align_corners")],
     )
+
+
+def label(model: ml_collections.ConfigDict) -> str:
+    return f"Sim-DeepLab-{model.depth}"
