@@ -1,5 +1,6 @@
 """TensorBoard events, read back with tensorboard's own reader: every scalar, the pictures, no repeated steps."""
 
+import dataclasses
 import io
 import json
 import os
@@ -101,11 +102,17 @@ class _StubModel:
         return logits, {"layer_logits": layers, "affinity_logits": jnp.zeros((batch, height, width, 16))}
 
 
-def test_pictures_show_whichever_intermediates_the_model_returns():
+def test_pictures_show_the_panels_the_family_draws():
+    """PDN's layers (its extra predictions, the default panels) and DeepLabv3+'s affinity map, drawn together by a
+    family that draws both."""
+    from difnet_jax.models import deeplabv3plus, pdn
+
     rng = np.random.default_rng(0)
     source = [{"image": rng.integers(0, 255, (20, 30, 3), np.uint8), "label": np.zeros((20, 30, 1), np.uint8)}
               for _ in range(3)]
-    pictures = ValidationPictures(_StubModel(), FAMILIES["pdn"], source, EvalOptions(eval_size=33), count=2)
+    family = dataclasses.replace(FAMILIES["pdn"], pictures=lambda intermediates: (
+        pdn.extra_predictions(intermediates), deeplabv3plus.pictures(intermediates)[1]))
+    pictures = ValidationPictures(_StubModel(), family, source, EvalOptions(eval_size=33), count=2)
     rendered = pictures.render({})
     assert sorted(rendered) == ["val/pictures/0", "val/pictures/2"]
     picture = rendered["val/pictures/2"]
