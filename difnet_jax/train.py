@@ -36,9 +36,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing, pretrained, pretraining
+from difnet_jax import checkpointing, pretrained
 from difnet_jax.checkpointing import checkpoint_manager
-from difnet_jax.config_errors import ConfigError
+from difnet_jax.config_errors import ConfigError, MissingPathError
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import normalization, pipeline
 from difnet_jax.data.normalization import IMAGENET, Normalization
@@ -244,6 +244,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             os.rmdir(workdir)
 
 
+def _require_backbone_weights(model: ml_collections.ConfigDict) -> None:
+    """A fresh run starts from `model.backbone_init`: the entry point makes the synthetic-ImageNet ones first
+    (`pretraining.ensure_weights`, the `pretrained` modifier); training only reads them."""
+    path = model.get("backbone_init", "")
+    if path and model.get("backbone_pretraining", "") and not os.path.isfile(path):
+        raise MissingPathError(f"config.model.backbone_init={path!r} is missing: make it first with "
+                               "`python -m experiments.pretrain` (experiments.voc makes it when missing)")
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: StopRequests) -> dict[str, Any]:
     """The run, under the lock. A stop request is honoured wherever it comes (`preemption`):
 
@@ -339,7 +348,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: S
             manager = checkpoint_manager(workdir, config)
             state, restored_step = checkpointing.restore_latest(manager, trainer.abstract_state, data_iter)
             if state is None:
-                pretraining.ensure_weights(config.model, data.data_dir)  # `pretrained`: made once, when missing
+                _require_backbone_weights(config.model)
                 log.info("Initialising %s-%d (compiling its initialiser) ...", config.model.name, config.model.depth)
                 start = time.perf_counter()
                 state = jax.block_until_ready(trainer.initial_state(jax.random.PRNGKey(train_cfg.seed)))

@@ -62,8 +62,9 @@ cli.mark_flags_as_nonempty(["workdir"])
 
 
 def main():
+    from difnet_jax.evaluate_run import evaluate_workdir
     from difnet_jax.evaluation import crf  # here: a mistyped flag costs no import
-    from difnet_jax.evaluation.report import evaluate_workdir, report_text
+    from difnet_jax.evaluation.report import report_text
 
     config = run_config(_WORKDIR.value, _CONFIG.value, _DATA_DIR.value)
     crf_params = crf.CRFParams(iterations=_CRF_ITERATIONS.value, max_senders=_CRF_MAX_SENDERS.value) if _CRF.value \

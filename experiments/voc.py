@@ -9,6 +9,7 @@ other clusters JAX detects by itself) or with --coordinator_address/--num_proces
 from __future__ import annotations
 
 import logging
+import os
 
 import jax
 from absl import flags
@@ -31,13 +32,15 @@ cli.mark_flags_as_nonempty(["workdir"])
 def main():
     config = _CONFIG.value
     check_config(config)  # Before anything else: a bad value must cost nothing (not even this import).
-    from difnet_jax import train
+    from difnet_jax import pretraining, train
 
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if jax.process_index() == 0:  # Other hosts log warnings only.
         for name in ("difnet_jax", __name__):
             logging.getLogger(name).setLevel(logging.INFO)
+    if not os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")):  # a fresh run: its backbone weights first
+        pretraining.ensure_weights(config.model, config.data.data_dir)  # `pretrained`: made once, when missing
     result = train.train_and_evaluate(config, _WORKDIR.value)
     if "stopped_by" in result:  # train_and_evaluate said where it stopped and what to do
         return

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from difnet_jax import trained_run
+from difnet_jax import evaluate_run, trained_run
 from difnet_jax.config_errors import PathError
 from difnet_jax.evaluation import metrics, report
 from tests.test_workdir_lock import LOCK_NAME, lock_held_by_another_process
@@ -29,7 +29,7 @@ def test_an_unwritable_report_folder_fails_before_the_run_is_loaded(tmp_path, mo
     blocker.write_text("")
     with pytest.raises(PathError, match=r"report folder '.*a_file/reports' is not writable \(Not a directory\): "
                                         "choose another --output_dir"):
-        report.evaluate_workdir(str(tmp_path), output_dir=str(blocker / "reports"))
+        evaluate_run.evaluate_workdir(str(tmp_path), output_dir=str(blocker / "reports"))
 
 
 def _report(num_classes, seed=0):

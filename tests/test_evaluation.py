@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difnet_jax import predict, timing, trained_run
+from difnet_jax import evaluate_run, predict, timing, trained_run
 from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation import crf, evaluator, report
 from difnet_jax.models.resize import resize_bilinear
@@ -28,7 +28,7 @@ def tiny_run(tiny_workdir):
 
 
 def test_evaluation_report_matches_a_recount_of_the_saved_predictions(tiny_workdir):
-    result, paths = report.evaluate_workdir(tiny_workdir, save_predictions_npz=True, batch_size=1, log_every=4)
+    result, paths = evaluate_run.evaluate_workdir(tiny_workdir, save_predictions_npz=True, batch_size=1, log_every=4)
     json_path, md_path, npz_path = paths
     assert os.path.basename(json_path) == "eval_validation_step2.json" and md_path.endswith("step2.md")
     saved = json.load(open(json_path))
@@ -244,11 +244,11 @@ def test_old_config_json_gets_new_keys_from_the_defaults(tiny_workdir, tmp_path)
 def test_affinity_propagation_heads_in_one_evaluation(tiny_workdir):
     """--propagate_oracle works for any model (here DifNet, whose seed branch is a head too): each T is one more head
     of the same pass."""
-    result, paths = report.evaluate_workdir(tiny_workdir, propagate_oracle=(1, 3), batch_size=8)
+    result, paths = evaluate_run.evaluate_workdir(tiny_workdir, propagate_oracle=(1, 3), batch_size=8)
     assert set(result["heads"]) == {"seed", "oracle_T1", "oracle_T3"} and paths[0].endswith("_propagate.json")
     assert all(0.0 <= value <= 1.0 for value in result["heads"].values())
     with pytest.raises(ValueError, match="affinity head.*--propagate_oracle works for every model"):
-        report.evaluate_workdir(tiny_workdir, propagate=(1,))
+        evaluate_run.evaluate_workdir(tiny_workdir, propagate=(1,))
 
 
 def test_propagation_refinements_are_eq6_with_the_models_or_the_true_affinity():

@@ -66,14 +66,13 @@ def _toy_config(data_dir: str, steps: int) -> ml_collections.ConfigDict:
 
 
 def test_a_toy_family_trains_evaluates_resumes_is_compared_and_drawn(toy_family, tiny_data_dir, tmp_path):
-    from difnet_jax import load, train, trained_run
-    from difnet_jax.evaluation import report
+    from difnet_jax import evaluate_run, load, train, trained_run
     from difnet_jax.pictures import ValidationPictures
     from difnet_jax.studies import compare
 
     workdir = str(tmp_path / "toy")
     train.train_and_evaluate(_toy_config(tiny_data_dir, 2), workdir)
-    evaluated, _ = report.evaluate_workdir(workdir)
+    evaluated, _ = evaluate_run.evaluate_workdir(workdir)
     assert 0.0 <= evaluated["miou"] <= 1.0
 
     resumed = _toy_config(tiny_data_dir, 3)

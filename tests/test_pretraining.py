@@ -3,6 +3,7 @@
 import colorsys
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -142,22 +143,15 @@ def test_pretrained_needs_synthetic_and_names_it():
     assert config.model.backbone_init.startswith(pretraining.cache_dir()) and config.train.lr == 2.5e-4  # PDN's
 
 
-class _Asked(Exception):
-    pass
-
-
-def test_a_fresh_run_makes_its_missing_weights_before_initialising(tiny_data_dir, tmp_path, monkeypatch):
+def test_training_reads_the_weights_the_entry_point_makes(tiny_data_dir, tmp_path):
+    """train.py makes no weights: a fresh run whose `pretrained` weights are missing names them and the command
+    that makes them (experiments.voc calls `pretraining.ensure_weights` before training)."""
     from difnet_jax import train
+    from difnet_jax.config_errors import MissingPathError
 
     config = tiny_config(tiny_data_dir, "simdeeplab18,synthetic,pretrained")
     config.model.backbone_init = str(tmp_path / "missing.npz")
-    asked = []
-
-    def ensure_weights(model, data_dir):
-        asked.append((model.backbone_init, model.backbone_pretraining, data_dir))
-        raise _Asked()
-
-    monkeypatch.setattr(train.pretraining, "ensure_weights", ensure_weights)
-    with pytest.raises(_Asked):
+    with pytest.raises(MissingPathError, match="missing.npz.*experiments.pretrain"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
-    assert asked == [(str(tmp_path / "missing.npz"), pretraining.DATASET, tiny_data_dir)]
+    voc = (pathlib.Path(__file__).resolve().parents[1] / "experiments" / "voc.py").read_text()
+    assert "pretraining.ensure_weights(config.model, config.data.data_dir)" in voc
