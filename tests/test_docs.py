@@ -188,6 +188,18 @@ def test_every_docs_page_is_linked_from_the_readme():
     assert len(readme.splitlines()) <= 300
 
 
+def test_every_source_path_named_exists():
+    """`difnet_jax/...`, `experiments/...`, `benchmarks/...`, `tests/...`, `launch/...` in code spans (and
+    `models/x.py`-style paths inside the library) name files that exist: a renamed module renames them."""
+    missing = []
+    for page in PAGES:
+        text = _read(page)
+        paths = re.findall(r"`((?:difnet_jax|experiments|benchmarks|tests|launch)/[\w./]*)`", text)
+        paths += ["difnet_jax/" + p for p in re.findall(r"`((?:models|data|evaluation|studies)/[\w./]*\.py)`", text)]
+        missing += [f"{page}: {p}" for p in paths if not os.path.exists(os.path.join(ROOT, p.rstrip("/")))]
+    assert missing == []
+
+
 def layout_paths(text: str) -> set[str]:
     """The paths of docs/layout.md's tree: 4 spaces of indentation, then 2 per level; a name ending in / opens a
     folder; continuation lines (wider indentation, prose) are skipped."""
