@@ -23,8 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from difnet_jax import config_compat
-from difnet_jax.config_errors import ConfigError, PathError
 from difnet_jax.models.families import FAMILIES
+from difnet_jax.user_errors import ConfigError, PathError
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,14 @@ import os
 
 import ml_collections
 
-from difnet_jax import optimizer, weight_files
-from difnet_jax.config_errors import ConfigError, positive_int, require  # noqa: F401  (ConfigError re-exported)
+from difnet_jax import optimizer
+from difnet_jax.backbone_weights import files
 from difnet_jax.constants import COMPUTE_DTYPES, EVAL_MODES
 from difnet_jax.data import normalization
 from difnet_jax.models import FAMILIES
 from difnet_jax.models.resize import LOGITS_UPSAMPLING
 from difnet_jax.models.resnet import LAYOUTS, STAGE_SIZES
+from difnet_jax.user_errors import ConfigError, positive_int, require  # noqa: F401  (ConfigError re-exported)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -93,8 +94,8 @@ def _check_backbone_init(model: ml_collections.ConfigDict) -> None:
             "and convert it (README, 'Pretrained backbones'): python -m experiments.convert_weights "
             f"--input=resnet{model.depth}-*.pth --output={path}"
         )
-    require(path.lower().endswith(weight_files.SUFFIXES), "model.backbone_init", path,
-             f"a file ending in one of {weight_files.SUFFIXES}")
+    require(path.lower().endswith(files.SUFFIXES), "model.backbone_init", path,
+             f"a file ending in one of {files.SUFFIXES}")
 
 
 def _check_crop_alignment(crop: int, family: str, stride: int) -> None:

@@ -16,7 +16,7 @@ pixels at 4000x3000), at the same speed.
 
 A folder's inputs are its image files by extension (`IMAGE_SUFFIXES`); other files are
 counted and left alone. Refusals (a missing input, existing outputs, an output that would
-replace an input) are `config_errors` user errors, checked before anything is written.
+replace an input) are `user_errors` (UserError), checked before anything is written.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from difnet_jax import visualize
-from difnet_jax.config_errors import ArgumentError, ExistingOutputError, MissingPathError
 from difnet_jax.data import pipeline
 from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.drawing import visualize
 from difnet_jax.evaluation.evaluator import network_size
+from difnet_jax.user_errors import ArgumentError, ExistingOutputError, MissingPathError
 
 log = logging.getLogger(__name__)
 

@@ -36,19 +36,20 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing, pretrained
+from difnet_jax import checkpointing
+from difnet_jax.backbone_weights import loading
 from difnet_jax.checkpointing import checkpoint_manager
-from difnet_jax.config_errors import ConfigError, MissingPathError
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import normalization, pipeline
 from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.drawing.pictures import ValidationPictures
 from difnet_jax.evaluation import metrics
 from difnet_jax.evaluation.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
 from difnet_jax.models import family_of, pretrained_backbones
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
-from difnet_jax.pictures import ValidationPictures
 from difnet_jax.preemption import Interrupted, StopRequests
 from difnet_jax.run_log import MetricsLog, Progress
+from difnet_jax.user_errors import ConfigError, MissingPathError
 from difnet_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,9 @@ class Trainer:
         if not self.pretrained:
             return state
         model_cfg = self.config.model
-        resnet = pretrained.load_resnet(model_cfg.backbone_init, model_cfg.depth, model_cfg.width,
+        resnet = loading.load_resnet(model_cfg.backbone_init, model_cfg.depth, model_cfg.width,
                                         verify=model_cfg.verify_backbone_init)
-        params, batch_stats = pretrained.initialise_backbones(state.params, state.batch_stats, resnet, self.pretrained)
+        params, batch_stats = loading.initialise_backbones(state.params, state.batch_stats, resnet, self.pretrained)
 
         def to_global(leaf, sharding):  # every host read the same file: each supplies its own shards
             if isinstance(leaf, np.ndarray):

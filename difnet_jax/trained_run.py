@@ -40,10 +40,10 @@ import tensorflow_datasets as tfds
 import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax import config_compat, train, workdir_lock
 from difnet_jax.config_checks import check_config
-from difnet_jax.config_errors import ArgumentError, MissingPathError
 from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation.evaluator import model_probabilities, network_size
 from difnet_jax.run_log import MetricsLog, format_seconds
+from difnet_jax.user_errors import ArgumentError, MissingPathError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None, step
     """Restores checkpoint `step` (default: the latest) of the run in `workdir`.
 
     A missing workdir, a workdir without checkpoints and a step it lacks are user errors
-    (`config_errors`), raised before the model is built.
+    (`user_errors`), raised before the model is built.
     """
     _require_workdir(workdir)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):

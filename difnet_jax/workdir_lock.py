@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from difnet_jax.config_errors import PathError
+from difnet_jax.user_errors import PathError
 
 log = logging.getLogger(__name__)
 

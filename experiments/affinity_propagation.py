@@ -24,7 +24,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from difnet_jax.config_errors import ArgumentError
+from difnet_jax.user_errors import ArgumentError
 from experiments import cli
 from experiments.run_config import run_config
 

@@ -31,8 +31,8 @@ import time
 
 from absl import flags
 
-from difnet_jax.config_errors import ArgumentError
 from difnet_jax.studies import claims, claims_report
+from difnet_jax.user_errors import ArgumentError
 from experiments import cli
 from experiments.run_config import run_config
 

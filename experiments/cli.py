@@ -13,7 +13,7 @@ calls `main()` and exits with what it returns. A user's mistake is printed as on
 - a flag absl refuses (unknown flag, bad number, missing required flag);
 - a `--config.KEY` the config lacks (ml_collections' "Did you mean" hint is kept) or a config
   file that does not exist;
-- any `difnet_jax.config_errors.UserError` (a config value, a variant or modifier typo, a workdir
+- any `difnet_jax.user_errors.UserError` (a config value, a variant or modifier typo, a workdir
   without checkpoints, a missing step, data that is not prepared, an unwritable workdir);
 - absl's `app.UsageError`.
 `--verbose` or the environment variable DIFNET_TRACEBACK=1 also prints the traceback. Every
@@ -44,7 +44,7 @@ from absl import app, flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 from difnet_jax import config_compat
-from difnet_jax.config_errors import ArgumentError, ConfigError, MissingPathError, UserError
+from difnet_jax.user_errors import ArgumentError, ConfigError, MissingPathError, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C

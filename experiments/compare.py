@@ -16,8 +16,8 @@ import sys
 
 from absl import flags
 
-from difnet_jax.config_errors import MissingPathError
 from difnet_jax.studies.compare import NUM_PICTURES, compare, headline_table
+from difnet_jax.user_errors import MissingPathError
 from experiments import cli
 from experiments.run_config import run_config
 

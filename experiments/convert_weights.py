@@ -2,7 +2,7 @@
 
   python -m experiments.convert_weights --input=resnet50-0676ba61.pth --output=weights/resnet50.npz
 
-Reads `.pth`/`.pt` (without PyTorch: see difnet_jax/weight_files.py), `.safetensors` or
+Reads `.pth`/`.pt` (without PyTorch: see difnet_jax/backbone_weights/files.py), `.safetensors` or
 `.npz`; finds the depth from the keys (or --depth); checks every key and shape against
 the atrous ResNet; runs the imported network and the numpy reference forward pass on a
 fixed input and compares them; writes the tensors plus that reference (so that training
@@ -20,7 +20,7 @@ import sys
 
 from absl import flags
 
-from difnet_jax.pretrained import convert
+from difnet_jax.backbone_weights.loading import convert
 from experiments import cli
 
 _INPUT = flags.DEFINE_string("input", None, "torchvision ResNet state dict: .pth, .pt, .safetensors or .npz.")

@@ -22,9 +22,9 @@ from ml_collections import config_flags
 
 import difnet_jax
 from difnet_jax import predict
-from difnet_jax.config_errors import MissingPathError
 from difnet_jax.data import normalization
 from difnet_jax.evaluation.evaluator import model_probabilities
+from difnet_jax.user_errors import MissingPathError
 from experiments import cli
 from experiments.run_config import run_config
 

@@ -25,8 +25,8 @@ import os
 from absl import flags
 from etils import epath
 
-from difnet_jax.config_errors import ArgumentError, DatasetNotPreparedError
 from difnet_jax.data import example_files, image_storage, pipeline
+from difnet_jax.user_errors import ArgumentError, DatasetNotPreparedError
 from experiments import cli
 
 DATASETS = ("voc_aug", "pascal_context", "pascal_context/60", "pascal_context/59", "ade20k", "person_part",

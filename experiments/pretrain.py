@@ -4,9 +4,9 @@
   python -m experiments.pretrain --depths=18,34,50 # every depth the study uses
 
 Trains a ResNet classifier on `synthetic_classes` (prepared in --data_dir on first use) and writes
-torchvision-layout weights to `difnet_jax.pretraining.default_weights_path(depth, width)` (the cache
+torchvision-layout weights to `difnet_jax.backbone_weights.pretraining.default_weights_path(depth, width)` (the cache
 directory: $DIFNET_JAX_CACHE, else ~/.cache/difnet_jax), with a .json beside them recording the
-settings, the held-out accuracy and the minutes taken (difnet_jax/pretraining.py). An existing file is
+settings, the held-out accuracy and the minutes taken (difnet_jax/backbone_weights/pretraining.py). An existing file is
 kept unless --force. A training run whose `pretrained` weights are missing makes them the same way.
 """
 
@@ -18,8 +18,8 @@ import os
 
 from absl import flags
 
-from difnet_jax import pretraining
-from difnet_jax.config_errors import ArgumentError
+from difnet_jax.backbone_weights import pretraining
+from difnet_jax.user_errors import ArgumentError
 from experiments import cli
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ cli.mark_flags_as_nonempty(["workdir"])
 def main():
     config = _CONFIG.value
     check_config(config)  # Before anything else: a bad value must cost nothing (not even this import).
-    from difnet_jax import pretraining, train
+    from difnet_jax import train
+    from difnet_jax.backbone_weights import pretraining
 
     if _DISTRIBUTED.value or _COORDINATOR.value:
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from difnet_jax import checkpointing
-from difnet_jax.config_errors import ArgumentError, ConfigError
 from difnet_jax.evaluation import report
 from difnet_jax.models import affinity, deeplabv3plus
+from difnet_jax.user_errors import ArgumentError, ConfigError
 from experiments.configs.voc import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

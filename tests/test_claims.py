@@ -14,8 +14,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from difnet_jax.config_checks import check_config
-from difnet_jax.config_errors import ArgumentError, ConfigError
 from difnet_jax.studies import claims, claims_report
+from difnet_jax.user_errors import ArgumentError, ConfigError
 from experiments.configs import variants
 from experiments.configs.voc import get_config
 

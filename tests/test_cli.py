@@ -21,8 +21,8 @@ import tomllib
 import pytest
 
 from difnet_jax import predict
-from difnet_jax.config_errors import DatasetNotPreparedError
 from difnet_jax.data import pipeline
+from difnet_jax.user_errors import DatasetNotPreparedError
 from experiments.configs.voc import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,7 +203,7 @@ def test_program_bugs_keep_their_traceback_and_user_errors_show_it_on_request(tm
         import sys
         sys.path.insert(0, {REPO!r})
         from absl import flags
-        from difnet_jax.config_errors import ConfigError
+        from difnet_jax.user_errors import ConfigError
         from experiments import cli
         _KIND = flags.DEFINE_string("kind", "bug", "")
 

@@ -14,11 +14,11 @@ import numpy as np
 import optax
 import pytest
 
-from difnet_jax.config_errors import ConfigError
 from difnet_jax.models import FAMILIES, affinity, affinity_stats, deeplabv3plus
 from difnet_jax.models.deeplabv3plus import ASPPv3, DeepLabV3Plus
 from difnet_jax.models.family import Family
 from difnet_jax.models.resnet import ResNet
+from difnet_jax.user_errors import ConfigError
 from experiments import affinity_stats as stats_script
 
 TINY = "synthetic_shapes/tiny"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from difnet_jax import evaluate_run, trained_run
-from difnet_jax.config_errors import PathError
 from difnet_jax.evaluation import metrics, report
+from difnet_jax.user_errors import PathError
 from tests.test_workdir_lock import LOCK_NAME, lock_held_by_another_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

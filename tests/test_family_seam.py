@@ -67,7 +67,7 @@ def _toy_config(data_dir: str, steps: int) -> ml_collections.ConfigDict:
 
 def test_a_toy_family_trains_evaluates_resumes_is_compared_and_drawn(toy_family, tiny_data_dir, tmp_path):
     from difnet_jax import evaluate_run, load, train, trained_run
-    from difnet_jax.pictures import ValidationPictures
+    from difnet_jax.drawing.pictures import ValidationPictures
     from difnet_jax.studies import compare
 
     workdir = str(tmp_path / "toy")

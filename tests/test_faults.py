@@ -21,9 +21,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from difnet_jax import checkpointing, train
-from difnet_jax.config_errors import PathError
 from difnet_jax.data import pipeline
 from difnet_jax.run_log import Progress
+from difnet_jax.user_errors import PathError
 from tests.helpers import TINY, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

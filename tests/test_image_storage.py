@@ -7,8 +7,8 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
 
-from difnet_jax.config_errors import ConfigError
 from difnet_jax.data import example_files, image_storage, pipeline
+from difnet_jax.user_errors import ConfigError
 from tests.helpers import TINY
 from tests.test_more_datasets import CITYSCAPES_SPLITS, make_cityscapes_tree
 from tests.test_real_datasets import SBD, VOC2012, VOC_SEG_TRAIN, VOC_SEG_VAL, make_voc_aug_tree

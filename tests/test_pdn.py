@@ -13,10 +13,10 @@ import optax
 import pytest
 
 from difnet_jax import losses
-from difnet_jax.config_errors import ConfigError
 from difnet_jax.models import pdn
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.studies.receptive_field import model_scores, plot_receptive_fields, valid_receptive_field
+from difnet_jax.user_errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from difnet_jax import pretrained, weight_files
+from difnet_jax.backbone_weights import files, loading, reference
+from difnet_jax.backbone_weights.loading import convert
 from difnet_jax.config_checks import ConfigError, check_config
-from difnet_jax.models import ResNet, resnet_reference
-from difnet_jax.pretrained import convert
+from difnet_jax.models import ResNet
 from difnet_jax.train import Trainer
 from experiments.configs.voc import get_config
 from tests.helpers import tiny_config
@@ -37,7 +37,7 @@ def _relative_error(got, want):
 
 def test_torch_zip_is_read_without_torch():
     torch_was_loaded = "torch" in sys.modules
-    tensors = weight_files.read_tensors(os.path.join(FIXTURES, "nested_checkpoint.pth"))
+    tensors = files.read_tensors(os.path.join(FIXTURES, "nested_checkpoint.pth"))
     expected = np.load(os.path.join(FIXTURES, "nested_checkpoint_expected.npz"))
     assert sorted(tensors) == sorted(expected.files)  # nested under 'state_dict', 'module.' stripped
     for name in expected.files:
@@ -49,34 +49,34 @@ def test_torch_zip_is_read_without_torch():
 
 def test_pickled_objects_and_broken_files_are_refused_by_name(tmp_path):
     module_file = os.path.join(FIXTURES, "pickled_module.pth")
-    with pytest.raises(weight_files.WeightFileError, match="pickled_module.pth: holds a pickled torch.nn.modules"):
-        weight_files.read_tensors(module_file)
+    with pytest.raises(files.WeightFileError, match="pickled_module.pth: holds a pickled torch.nn.modules"):
+        files.read_tensors(module_file)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(open(_fixture(18), "rb").read()[:20000])
-    with pytest.raises(weight_files.WeightFileError, match="truncated.pth"):
-        weight_files.read_tensors(str(truncated))
+    with pytest.raises(files.WeightFileError, match="truncated.pth"):
+        files.read_tensors(str(truncated))
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(b"\x80\x02\x8a\x0alegacy pickle")
-    with pytest.raises(weight_files.WeightFileError, match="legacy.pth: not a zip-format PyTorch file"):
-        weight_files.read_tensors(str(legacy))
-    with pytest.raises(weight_files.WeightFileError, match="unknown weight file type '.bin'"):
+    with pytest.raises(files.WeightFileError, match="legacy.pth: not a zip-format PyTorch file"):
+        files.read_tensors(str(legacy))
+    with pytest.raises(files.WeightFileError, match="unknown weight file type '.bin'"):
         (tmp_path / "w.bin").write_bytes(b"")
-        weight_files.read_tensors(str(tmp_path / "w.bin"))
+        files.read_tensors(str(tmp_path / "w.bin"))
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        weight_files.read_tensors(str(tmp_path / "missing.npz"))
+        files.read_tensors(str(tmp_path / "missing.npz"))
 
 
 @pytest.mark.parametrize("depth", [18, 50])
 def test_imported_features_equal_torch_reference(depth):
     """Basic-block and bottleneck ResNets: every tap equals torch.nn.functional's forward (float tolerance)."""
-    tensors = weight_files.read_tensors(_fixture(depth))
-    assert pretrained.infer_depth(tensors) == depth
-    variables = pretrained.import_resnet(tensors, depth, width=1)
+    tensors = files.read_tensors(_fixture(depth))
+    assert loading.infer_depth(tensors) == depth
+    variables = loading.import_resnet(tensors, depth, width=1)
     assert "fc" not in variables["params"]
-    x = pretrained.fixed_input()
+    x = loading.fixed_input()
     want = np.load(os.path.join(FIXTURES, f"resnet{depth}_w1_reference.npz"))
     got = ResNet(depth, 1).apply(variables, x, train=False)
-    by_numpy = resnet_reference.resnet_features(tensors, x, depth)
+    by_numpy = reference.resnet_features(tensors, x, depth)
     for tap in TAPS:
         assert got[tap].shape == want[tap].shape, tap
         assert _relative_error(got[tap], want[tap]) < 1e-5, tap
@@ -87,42 +87,42 @@ def test_imported_features_equal_torch_reference(depth):
 
 
 def test_safetensors_and_npz_import_alike(tmp_path):
-    tensors = weight_files.read_tensors(_fixture(18))
+    tensors = files.read_tensors(_fixture(18))
     save_file(tensors, str(tmp_path / "r18.safetensors"))
-    weight_files.write_npz(str(tmp_path / "r18.npz"), tensors)
-    from_pth = pretrained.load_resnet(_fixture(18), 18, width=1)
+    files.write_npz(str(tmp_path / "r18.npz"), tensors)
+    from_pth = loading.load_resnet(_fixture(18), 18, width=1)
     for path in (tmp_path / "r18.safetensors", tmp_path / "r18.npz"):
-        other = pretrained.load_resnet(str(path), 18, width=1)
+        other = loading.load_resnet(str(path), 18, width=1)
         for a, b in zip(jax.tree.leaves(from_pth), jax.tree.leaves(other)):
             np.testing.assert_array_equal(a, b)
 
 
 def test_mismatches_are_refused_with_key_and_shapes():
-    tensors = weight_files.read_tensors(_fixture(50))
-    with pytest.raises(pretrained.WeightImportError, match=r"layer1\.0\.conv1\.weight has shape \(1, 1, 1, 1\) but "
+    tensors = files.read_tensors(_fixture(50))
+    with pytest.raises(loading.WeightImportError, match=r"layer1\.0\.conv1\.weight has shape \(1, 1, 1, 1\) but "
                        r"ResNet-18 of width 1 needs \(1, 1, 3, 3\)\. The file's keys look like ResNet-50"):
-        pretrained.import_resnet(tensors, 18, width=1, source="r50.pth")
-    with pytest.raises(pretrained.WeightImportError, match=r"conv1\.weight has shape \(1, 3, 7, 7\) but ResNet-50 "
+        loading.import_resnet(tensors, 18, width=1, source="r50.pth")
+    with pytest.raises(loading.WeightImportError, match=r"conv1\.weight has shape \(1, 3, 7, 7\) but ResNet-50 "
                        r"of width 64 needs \(64, 3, 7, 7\)"):
-        pretrained.import_resnet(tensors, 50, width=64)
+        loading.import_resnet(tensors, 50, width=64)
     broken = dict(tensors)
     del broken["layer4.2.bn3.running_var"]
     broken["layer5.0.conv1.weight"] = np.zeros((1, 1, 1, 1), np.float32)
-    with pytest.raises(pretrained.WeightImportError, match=r"1 missing key\(s\) \['layer4.2.bn3.running_var'\], "
+    with pytest.raises(loading.WeightImportError, match=r"1 missing key\(s\) \['layer4.2.bn3.running_var'\], "
                        r"1 unexpected key\(s\) \['layer5.0.conv1.weight'\]"):
-        pretrained.import_resnet(broken, 50, width=1)
+        loading.import_resnet(broken, 50, width=1)
 
 
 def test_verification_catches_weights_that_do_not_match_their_reference(tmp_path):
     output = str(tmp_path / "r50.npz")
     result = convert(_fixture(50), output)
     assert (result["depth"], result["width"]) == (50, 1) and result["relative_error"] < 1e-5
-    tensors = weight_files.read_tensors(output)
-    assert pretrained.REFERENCE_OUTPUT in tensors
+    tensors = files.read_tensors(output)
+    assert loading.REFERENCE_OUTPUT in tensors
     tensors["layer3.1.conv2.weight"] = np.ascontiguousarray(tensors["layer3.1.conv2.weight"].swapaxes(2, 3))
-    variables = pretrained.import_resnet(tensors, 50, width=1)  # same shapes: only the reference can tell
-    with pytest.raises(pretrained.WeightImportError, match="differ from the reference forward"):
-        pretrained.verify_import(variables, tensors, 50, width=1, source=output)
+    variables = loading.import_resnet(tensors, 50, width=1)  # same shapes: only the reference can tell
+    with pytest.raises(loading.WeightImportError, match="differ from the reference forward"):
+        loading.verify_import(variables, tensors, 50, width=1, source=output)
 
 
 def test_converter_command_keeps_existing_output(tmp_path):
@@ -159,7 +159,7 @@ def test_difnet_branch_starts_from_the_weights_and_frozen_bn_stays(tiny_data_dir
     check_config(config)
     trainer = Trainer(config, num_classes=21)
     state = trainer.initial_state(jax.random.PRNGKey(0))
-    resnet = pretrained.load_resnet(weights, 18, width=1)
+    resnet = loading.load_resnet(weights, 18, width=1)
     for name in ("seed_backbone", "similarity_backbone"):
         same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[name]),
                                                      jax.tree.leaves(resnet["params"]))]
@@ -180,7 +180,7 @@ def test_simdeeplab_backbone_starts_from_the_weights(tiny_data_dir, tmp_path):
     shutil.copy(_fixture(18), weights)  # the .pth directly, verified against the numpy reference
     config = _pretrained_config(tiny_data_dir, weights, "simdeeplab18,synthetic,imagenet")
     state = Trainer(config, num_classes=21).initial_state(jax.random.PRNGKey(0))
-    resnet = pretrained.load_resnet(weights, 18, width=1)
+    resnet = loading.load_resnet(weights, 18, width=1)
     for a, b in zip(jax.tree.leaves((state.params["backbone"], state.batch_stats["backbone"])),
                     jax.tree.leaves((resnet["params"], resnet["batch_stats"]))):
         np.testing.assert_array_equal(a, b)

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from difnet_jax import optimizer, pretrained, pretraining
+from difnet_jax import optimizer
+from difnet_jax.backbone_weights import loading, pretraining
 from difnet_jax.config_checks import check_config
-from difnet_jax.config_errors import ConfigError
 from difnet_jax.data import shapes
 from difnet_jax.data.synthetic_classes import CLASS_NAMES
 from difnet_jax.train import Trainer
+from difnet_jax.user_errors import ConfigError
 from experiments.configs.voc import get_config
 from tests.helpers import tiny_config
 
@@ -82,7 +83,7 @@ def test_pretraining_writes_torchvision_weights_that_backbone_init_verifies(weig
     assert tensors["conv1.weight"].shape == (WIDTH, 3, 7, 7)
     assert tensors["layer4.1.bn2.running_var"].shape == (8 * WIDTH,)
     assert tensors["fc.weight"].shape == (20, 8 * WIDTH) and tensors["fc.bias"].shape == (20,)
-    resnet = pretrained.load_resnet(weights, 18, WIDTH, verify=True)  # the reference forward pass agrees
+    resnet = loading.load_resnet(weights, 18, WIDTH, verify=True)  # the reference forward pass agrees
     np.testing.assert_array_equal(resnet["params"]["layer2_0"]["downsample_conv"]["kernel"],
                                   tensors["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
     assert not np.allclose(tensors["bn1.running_mean"], 0)  # trained: the statistics moved
@@ -104,7 +105,7 @@ def test_pretrained_modifier_fine_tunes_like_imagenet_from_the_cached_weights(we
     check_config(config)
     trainer = Trainer(config, num_classes=21)
     state = trainer.initial_state(jax.random.PRNGKey(0))
-    resnet = pretrained.load_resnet(weights, 18, WIDTH)
+    resnet = loading.load_resnet(weights, 18, WIDTH)
     for a, b in zip(jax.tree.leaves((state.params["backbone"], state.batch_stats["backbone"])),
                     jax.tree.leaves((resnet["params"], resnet["batch_stats"]))):
         np.testing.assert_array_equal(a, b)
@@ -147,7 +148,7 @@ def test_training_reads_the_weights_the_entry_point_makes(tiny_data_dir, tmp_pat
     """train.py makes no weights: a fresh run whose `pretrained` weights are missing names them and the command
     that makes them (experiments.voc calls `pretraining.ensure_weights` before training)."""
     from difnet_jax import train
-    from difnet_jax.config_errors import MissingPathError
+    from difnet_jax.user_errors import MissingPathError
 
     config = tiny_config(tiny_data_dir, "simdeeplab18,synthetic,pretrained")
     config.model.backbone_init = str(tmp_path / "missing.npz")

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from difnet_jax import visualize
 from difnet_jax.data import pipeline
+from difnet_jax.drawing import visualize
+from difnet_jax.drawing.pictures import HEADER_HEIGHT, ValidationPictures, example_indices
 from difnet_jax.evaluation.evaluator import EvalOptions
 from difnet_jax.models import FAMILIES
-from difnet_jax.pictures import HEADER_HEIGHT, ValidationPictures, example_indices
 from difnet_jax.run_log import MetricsLog, scalar_tags
 from tests.helpers import TINY
 

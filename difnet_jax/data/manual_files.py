@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import tensorflow_datasets as tfds
 from etils import epath
 
-from difnet_jax.config_errors import MissingPathError
+from difnet_jax.user_errors import MissingPathError
 
 log = logging.getLogger(__name__)
 

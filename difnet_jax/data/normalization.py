@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from difnet_jax.config_errors import require
 from difnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
+from difnet_jax.user_errors import require
 
 
 @functools.cache

@@ -68,7 +68,7 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     builder = tfds.builder(builder_name(name), data_dir=data_dir or None, file_format="array_record")
     manual = bool(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
     if image_storage is not None and not manual and _storage.check(image_storage) != _storage.RELEASED:
-        from difnet_jax.config_errors import ConfigError
+        from difnet_jax.user_errors import ConfigError
 
         raise ConfigError(f"image_storage={image_storage!r} applies to the downloaded datasets; {name!r} is "
                           f"generated and stores its images as PNG ({_storage.RELEASED!r})")
@@ -80,7 +80,7 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
             logging.getLogger(__name__).info("%s in %s: images stored %s", name, builder.data_dir, recorded)
         return builder
     if manual and not manual_dir:
-        from difnet_jax.config_errors import DatasetNotPreparedError
+        from difnet_jax.user_errors import DatasetNotPreparedError
 
         raise DatasetNotPreparedError(_not_prepared_message(name, builder))
     logging.getLogger(__name__).info("Preparing %s in %s (once: later runs reuse it)", name, builder.data_dir)
@@ -94,7 +94,7 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
 
 
 def _storage_mismatch(name: str, builder: tfds.core.DatasetBuilder, asked: str, recorded: str) -> Exception:
-    from difnet_jax.config_errors import ConfigError
+    from difnet_jax.user_errors import ConfigError
 
     return ConfigError(
         f"dataset {name!r} in data_dir {builder.data_dir_root} is prepared with image_storage={recorded!r}, not "

@@ -3,7 +3,7 @@
 One object of the 20 classes of `synthetic_shapes` per image, on the same backgrounds with the same
 distractors, at the scenes' pixel sizes (`shapes.render_object`); one label per image, 0..19 for
 `synthetic_shapes`' classes 1..20 (background is no class here, as ImageNet has none). Written as
-array_record like the other builders; `difnet_jax.pretraining` trains the backbones on it.
+array_record like the other builders; `difnet_jax.backbone_weights.pretraining` trains the backbones on it.
 
 Configs: `default` (10,000 train / 1,000 validation images of 64x64) and `tiny` (64 / 32, for tests).
 """

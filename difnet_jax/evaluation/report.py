@@ -27,7 +27,6 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import timing
-from difnet_jax.config_errors import ArgumentError
 from difnet_jax.data.normalization import IMAGENET, Normalization
 from difnet_jax.evaluation import crf, metrics
 from difnet_jax.evaluation.evaluator import (
@@ -37,6 +36,7 @@ from difnet_jax.evaluation.evaluator import (
     eval_batches_with_sizes,
 )
 from difnet_jax.models import affinity, family_of
+from difnet_jax.user_errors import ArgumentError
 
 log = logging.getLogger(__name__)
 

@@ -56,11 +56,11 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import losses
-from difnet_jax.config_errors import ConfigError, positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES
 from difnet_jax.models import affinity, affinity_stats, family
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import STAGE_SIZES, STAGE_STRIDE_DILATION, ResNet
+from difnet_jax.user_errors import ConfigError, positive_int, require
 
 STATS_COMMAND = "python -m experiments.affinity_stats --config=<this run's --config and overrides>"
 

@@ -25,12 +25,12 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import losses, timing
-from difnet_jax.config_errors import positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES, OUTPUT_STRIDE
 from difnet_jax.models import affinity, diffusion, family
 from difnet_jax.models.aspp import ASPP, class_conv
 from difnet_jax.models.resize import LOGITS_UPSAMPLING, resize_bilinear
 from difnet_jax.models.resnet import ResNet
+from difnet_jax.user_errors import positive_int, require
 
 ALL_WALKS = (1, 2, 3, 4, 5)  # 1: the input image, 2..5: layer1..layer4 of the similarity branch
 

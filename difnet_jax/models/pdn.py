@@ -33,12 +33,12 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import losses
-from difnet_jax.config_errors import positive_int, require
 from difnet_jax.constants import COMPUTE_DTYPES
 from difnet_jax.models import family
 from difnet_jax.models.aspp import ASPP
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import STAGE_SIZES, ResNet
+from difnet_jax.user_errors import positive_int, require
 
 GATES = ("i", "f", "o", "c")  # gate order along the parameters' last axis
 IMPLS = ("conv", "shifted", "patches")

@@ -51,12 +51,13 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from difnet_jax import pretraining, trained_run
-from difnet_jax.config_errors import ArgumentError, ConfigError
+from difnet_jax import trained_run
+from difnet_jax.backbone_weights import pretraining
 from difnet_jax.evaluation.report import report_basename
 from difnet_jax.models import affinity
 from difnet_jax.run_log import MetricsLog
 from difnet_jax.studies import compare
+from difnet_jax.user_errors import ArgumentError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import difnet_jax
-from difnet_jax import checkpointing, trained_run, visualize
+from difnet_jax import checkpointing, trained_run
 from difnet_jax.data import pipeline
+from difnet_jax.drawing import visualize
+from difnet_jax.drawing.pictures import NUM_PICTURES, largest_network_input, validation_examples
 from difnet_jax.evaluation.evaluator import EvalOptions
-from difnet_jax.pictures import NUM_PICTURES, largest_network_input, validation_examples
 from difnet_jax.run_log import MetricsLog
 
 log = logging.getLogger(__name__)

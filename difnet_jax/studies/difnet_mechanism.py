@@ -30,9 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from difnet_jax import timing, visualize
+from difnet_jax import timing
 from difnet_jax.constants import OUTPUT_STRIDE
 from difnet_jax.data import normalization, pipeline
+from difnet_jax.drawing import visualize
 from difnet_jax.evaluation import crf
 from difnet_jax.models import DifNet, SimDeepLab, diffusion
 

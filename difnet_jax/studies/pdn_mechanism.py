@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difnet_jax import visualize
+from difnet_jax.drawing import visualize
 from difnet_jax.evaluation.evaluator import head_logits
 from difnet_jax.models import FAMILIES, PDN, SimDeepLab
 from difnet_jax.studies import receptive_field

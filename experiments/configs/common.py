@@ -10,7 +10,7 @@ Each dataset file (voc, context, ade20k, person_part, cityscapes) describes its 
              the backbones at lr x1, the new layers x10, no weight decay on BatchNorm, biases and
              the mu/beta logits, and the dataset's fine-tuning schedule
   pretrained with synthetic only: as imagenet, from the synthetic "ImageNet" instead, a ResNet of the
-             run's depth and width pretrained on synthetic_classes (difnet_jax/pretraining.py) and
+             run's depth and width pretrained on synthetic_classes (difnet_jax/backbone_weights/pretraining.py) and
              cached (pretraining.default_weights_path); the first run that needs it makes it
 Under synthetic, imagenet and pretrained keep synthetic's AdamW: in 1,000 steps it fine-tunes further than SGD
 (pretrained, one seed: Sim-DeepLab-18 0.784 vs 0.696 mIoU, DeepLabv3+-18 0.533 vs 0.400, at the rates before the next
@@ -37,8 +37,8 @@ from typing import Any
 
 import ml_collections
 
-from difnet_jax import pretraining
-from difnet_jax.config_errors import ConfigError
+from difnet_jax.backbone_weights import pretraining
+from difnet_jax.user_errors import ConfigError
 from experiments.configs import variants
 
 MODIFIERS = ("synthetic", "imagenet", "pretrained")

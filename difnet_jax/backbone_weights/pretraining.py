@@ -38,9 +38,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from difnet_jax import pretrained, weight_files
+from difnet_jax.backbone_weights import files, loading, reference
 from difnet_jax.constants import IMAGENET_MEAN, IMAGENET_STD
-from difnet_jax.models import resnet_reference
 from difnet_jax.models.resnet import ResNet
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ def accuracy(model: Classifier, variables: dict, images: np.ndarray, labels: np.
 
 
 def torchvision_state_dict(variables: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The classifier's variables under torchvision's keys and shapes (`pretrained.torchvision_name`)."""
+    """The classifier's variables under torchvision's keys and shapes (`loading.torchvision_name`)."""
     tensors = {}
     for collection in ("params", "batch_stats"):
         for key_path, leaf in jax.tree_util.tree_leaves_with_path(variables[collection]["backbone"]):
@@ -176,7 +175,7 @@ def torchvision_state_dict(variables: dict[str, Any]) -> dict[str, np.ndarray]:
             value = np.asarray(leaf, np.float32)
             if collection == "params" and path[-1] == "kernel":
                 value = value.transpose(3, 2, 0, 1)  # (kh, kw, I, O) -> (O, I, kh, kw)
-            tensors[pretrained.torchvision_name(collection, path)] = value
+            tensors[loading.torchvision_name(collection, path)] = value
     tensors["fc.weight"] = np.asarray(variables["params"]["fc"]["kernel"], np.float32).T  # (classes, channels)
     tensors["fc.bias"] = np.asarray(variables["params"]["fc"]["bias"], np.float32)
     return tensors
@@ -185,12 +184,12 @@ def torchvision_state_dict(variables: dict[str, Any]) -> dict[str, np.ndarray]:
 def save(path: str, variables: dict[str, Any], settings: Settings, record: dict[str, Any]) -> None:
     """Writes the torchvision-layout `.npz` with its reference forward pass, checked first, and the `.json` record."""
     tensors = torchvision_state_dict(variables)
-    x = pretrained.fixed_input()
-    tensors[pretrained.REFERENCE_INPUT] = x
-    tensors[pretrained.REFERENCE_OUTPUT] = resnet_reference.resnet_features(tensors, x, settings.depth)["layer4"]
-    imported = pretrained.import_resnet(tensors, settings.depth, settings.width, source=path)
-    pretrained.verify_import(imported, tensors, settings.depth, settings.width, source=path)
-    weight_files.write_npz(path, tensors)
+    x = loading.fixed_input()
+    tensors[loading.REFERENCE_INPUT] = x
+    tensors[loading.REFERENCE_OUTPUT] = reference.resnet_features(tensors, x, settings.depth)["layer4"]
+    imported = loading.import_resnet(tensors, settings.depth, settings.width, source=path)
+    loading.verify_import(imported, tensors, settings.depth, settings.width, source=path)
+    files.write_npz(path, tensors)
     with open(path + ".json.tmp", "w") as f:
         json.dump({"settings": dataclasses.asdict(settings), **record}, f, indent=1)
     os.replace(path + ".json.tmp", os.path.splitext(path)[0] + ".json")

@@ -19,8 +19,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw, ImageFont
 
-from difnet_jax import visualize
 from difnet_jax.data import pipeline
+from difnet_jax.drawing import visualize
 from difnet_jax.evaluation.evaluator import EvalOptions, network_size
 from difnet_jax.models.family import Family
 

@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difnet_jax import weight_files
-from difnet_jax.models import resnet_reference
+from difnet_jax.backbone_weights import files, reference
+from difnet_jax.backbone_weights.files import read_tensors
 from difnet_jax.models.resnet import BOTTLENECK_DEPTHS, STAGE_SIZES, ResNet
-from difnet_jax.weight_files import read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ def reference_output(tensors: Mapping[str, np.ndarray], depth: int) -> tuple[np.
     if REFERENCE_INPUT in tensors and REFERENCE_OUTPUT in tensors:
         return np.asarray(tensors[REFERENCE_INPUT]), np.asarray(tensors[REFERENCE_OUTPUT])
     x = fixed_input()
-    return x, resnet_reference.resnet_features(tensors, x, depth)["layer4"]
+    return x, reference.resnet_features(tensors, x, depth)["layer4"]
 
 
 def verify_import(variables: Mapping[str, dict], tensors: Mapping[str, np.ndarray], depth: int, width: int = 64,
@@ -215,7 +214,7 @@ def convert(input_path: str, output_path: str, depth: int | None = None, force: 
         raise ValueError(f"--output={output_path!r} must end in .npz")
     if os.path.exists(output_path) and not force:
         raise FileExistsError(f"{output_path} exists; pass --force to overwrite it")
-    tensors = _read_with_torch(input_path) if trusted_torch_load else weight_files.read_tensors(input_path)
+    tensors = _read_with_torch(input_path) if trusted_torch_load else files.read_tensors(input_path)
     if depth is None:
         depth = infer_depth(tensors)
         if depth is None:
@@ -227,7 +226,7 @@ def convert(input_path: str, output_path: str, depth: int | None = None, force: 
     x = fixed_input()
     tensors = {name: value for name, value in tensors.items() if not name.startswith("__reference__.")}
     tensors[REFERENCE_INPUT] = x
-    tensors[REFERENCE_OUTPUT] = resnet_reference.resnet_features(tensors, x, depth)["layer4"]
+    tensors[REFERENCE_OUTPUT] = reference.resnet_features(tensors, x, depth)["layer4"]
     error = verify_import(variables, tensors, depth, width, source=input_path)
-    weight_files.write_npz(output_path, tensors)
+    files.write_npz(output_path, tensors)
     return {"depth": depth, "width": width, "tensors": len(tensors) - 2, "relative_error": error}
