@@ -197,7 +197,21 @@ def test_every_source_path_named_exists():
         paths = re.findall(r"`((?:difnet_jax|experiments|benchmarks|tests|launch)/[\w./]*)`", text)
         paths += ["difnet_jax/" + p for p in re.findall(r"`((?:models|data|evaluation|studies)/[\w./]*\.py)`", text)]
         missing += [f"{page}: {p}" for p in paths if not os.path.exists(os.path.join(ROOT, p.rstrip("/")))]
+        missing += [f"{page}: {name}" for name in re.findall(r"`((?:difnet_jax|experiments|benchmarks)\.[\w.]+)",
+                                                               text) if not _importable_name(name)]
     assert missing == []
+
+
+def _importable_name(dotted: str) -> bool:
+    """`difnet_jax.a.b.NAME`: a module path that exists, then at most one name its source mentions."""
+    path, parts = ROOT, dotted.split(".")
+    while parts and any(os.path.exists(os.path.join(path, parts[0] + end)) for end in ("", ".py")):
+        path = os.path.join(path, parts.pop(0))
+    if not parts:
+        return True
+    source = path + ".py" if os.path.isfile(path + ".py") else os.path.join(path, "__init__.py")
+    with open(source) as f:
+        return len(parts) == 1 and re.search(rf"\b{parts[0]}\b", f.read()) is not None
 
 
 def layout_paths(text: str) -> set[str]:
