@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from difnet_jax import checkpointing
+from difnet_jax import checkpointing, xla_cpu
 from difnet_jax.backbone_weights import loading
 from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.constants import IGNORE_LABEL
@@ -161,6 +161,7 @@ class Trainer:
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
+            compiler_options=xla_cpu.compiler_options(config.model),  # XLA CPU's library fusions by size (issue 31)
         )
         self.evaluator = Evaluator(self.model, self.family, num_classes, EvalOptions.from_config(config.data),
                                    data_sharding=self.data_sharding)
@@ -264,147 +265,167 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: S
     evaluated before training goes on; a run already trained to num_steps only evaluates, and
     appends that evaluation to metrics.jsonl only if it is not there yet.
     """
-    data, train_cfg = config.data, config.train
-    num_steps = train_cfg.num_steps
-    manager = trainer = state = data_iter = progress = metrics_log = pictures = val_source = class_names = None
-    first_step = step = saved_step = evaluating = None
+    session = _Session(config, workdir, stop)
+    try:
+        with stop.stage():  # Nothing of this session to save yet: a stop ends the run after each stage.
+            session.set_up()
+        return session.train()
+    except Interrupted:
+        return session.stopped()
+    finally:  # However the run ends, pending checkpoint writes finish: the last good one is kept.
+        if session.manager is not None:
+            session.manager.wait_until_finished()
+            session.manager.close()
 
-    def is_eval_step(n: int) -> bool:
-        return n > 0 and (n % train_cfg.eval_every == 0 or n >= num_steps)
 
-    def checkpoint() -> None:
+class _Session:
+    """One session of `_train_and_evaluate`: set up (data, model, restored or initial state), then train."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, stop: StopRequests):
+        self.config, self.workdir, self.stop = config, workdir, stop
+        self.data, self.train_cfg = config.data, config.train
+        self.num_steps = config.train.num_steps
+        self.manager = self.trainer = self.state = self.data_iter = self.progress = self.metrics_log = None
+        self.pictures = self.val_source = self.class_names = None
+        self.first_step = self.step = self.saved_step = self.evaluating = None
+
+    def is_eval_step(self, n: int) -> bool:
+        return n > 0 and (n % self.train_cfg.eval_every == 0 or n >= self.num_steps)
+
+    def checkpoint(self) -> None:
         """Reports the steps not yet reported (raising on a non-finite one first), then saves `step` once."""
-        nonlocal saved_step
-        if progress is not None and progress.pending:
-            progress.report(step)
-        if saved_step != step:
-            manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+        if self.progress is not None and self.progress.pending:
+            self.progress.report(self.step)
+        if self.saved_step != self.step:
+            self.manager.save(self.step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(self.state), data=grain.checkpoint.CheckpointSave(self.data_iter),
             ))
-            saved_step = step
+            self.saved_step = self.step
 
-    def evaluate(n: int) -> dict[str, Any]:
+    def evaluate(self, n: int) -> dict[str, Any]:
         """Evaluates the state (at step n); the record goes to metrics.jsonl unless one for n is there."""
-        nonlocal evaluating
-        evaluating, start = n, time.perf_counter()
-        record_it = n not in metrics_log.eval_steps
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        self.evaluating, start = n, time.perf_counter()
+        record_it = n not in self.metrics_log.eval_steps
+        variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
         # Stops before reading an image (a stopped evaluation is repeated by the resumed run); once complete
         # it is recorded, and the loop stops after it.
-        result = trainer.evaluate(state, stop.checked(val_source), batch_size=train_cfg.eval_batch_size)
-        evaluating = None
-        summary = metrics.summarize(result.confusion, class_names)
+        result = self.trainer.evaluate(self.state, self.stop.checked(self.val_source),
+                                       batch_size=self.train_cfg.eval_batch_size)
+        self.evaluating = None
+        summary = metrics.summarize(result.confusion, self.class_names)
         heads = head_mious(result)
-        rendered = pictures.render(variables) if record_it else None
+        rendered = self.pictures.render(variables) if record_it else None
         record = {"step": n, "val/miou": summary["miou"], "val/pixel_accuracy": summary["pixel_accuracy"],
                   "val/iou": summary["iou"], **{f"val/miou_{name}": value for name, value in heads.items()}}
         if record_it:
-            metrics_log.write(record, pictures=rendered)
+            self.metrics_log.write(record, pictures=rendered)
         log.info("eval step %d: mIoU %.4f, pixel accuracy %.4f (%d images, %.1fs)%s%s", n, summary["miou"],
-                 summary["pixel_accuracy"], len(val_source), time.perf_counter() - start,
+                 summary["pixel_accuracy"], len(self.val_source), time.perf_counter() - start,
                  "".join(f"; {name} {value:.4f}" for name, value in heads.items()),
                  "" if record_it else " (metrics.jsonl already holds this evaluation: not appended)")
         return record
 
-    def stopped() -> dict[str, Any]:
-        if step is not None and step != saved_step:
-            checkpoint()
+    def stopped(self) -> dict[str, Any]:
+        step, evaluating, manager = self.step, self.evaluating, self.manager
+        if step is not None and step != self.saved_step:
+            self.checkpoint()
         if manager is not None:
             manager.wait_until_finished()
-        trained = step is not None and step != first_step
+        trained = step is not None and step != self.first_step
         if evaluating is not None:
             where = f"during the evaluation of step {evaluating}"
         else:
             where = f"after step {step}" if trained else "before training"
         saved = f"checkpoint saved in {manager.directory}" if trained else "nothing new to save"
-        if evaluating is not None and evaluating >= num_steps:
+        if evaluating is not None and evaluating >= self.num_steps:
             then = "evaluate it"
         elif evaluating is not None:
             then = f"resume (it evaluates step {evaluating} first)"
         else:
             then = "resume"
-        log.warning("Stopped by %s %s; %s. Run the same command to %s.", stop.signal_name, where, saved, then)
-        return {"step": step if step is not None else 0, "stopped_by": stop.signal_name}
+        log.warning("Stopped by %s %s; %s. Run the same command to %s.", self.stop.signal_name, where, saved, then)
+        return {"step": step if step is not None else 0, "stopped_by": self.stop.signal_name}
 
-    try:
-        with stop.stage():  # Nothing of this session to save yet: a stop ends the run after each stage.
-            log.info("Preparing the data: %s in %s ...", data.name, data.data_dir or "the default TFDS data_dir")
-            builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
-            class_names = pipeline.class_names(builder)
-            # TFDS split strings: data.train_split="train[:90%]" with data.eval_split="train[90%:]" holds out part of
-            # the train split for choosing hyper-parameters (never the validation split)
-            train_source = pipeline.source(data.name, data.get("train_split", "train"), data.data_dir)
-            val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
+    def set_up(self) -> None:
+        """The data, the trainer, the input pipeline, and the state: restored from the workdir, else initialised."""
+        config, data, train_cfg, stop = self.config, self.data, self.train_cfg, self.stop
+        log.info("Preparing the data: %s in %s ...", data.name, data.data_dir or "the default TFDS data_dir")
+        builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
+        self.class_names = pipeline.class_names(builder)
+        # TFDS split strings: data.train_split="train[:90%]" with data.eval_split="train[90%:]" holds out part of
+        # the train split for choosing hyper-parameters (never the validation split)
+        train_source = pipeline.source(data.name, data.get("train_split", "train"), data.data_dir)
+        self.val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
+        stop.check()
+
+        self.trainer = trainer = Trainer(config, len(self.class_names))
+        checkpointing.check_workdir(self.workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
+        loader = pipeline.train_loader(
+            train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
+            scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
+            read_threads=data.get("read_threads", 2),
+            normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0),
+        )
+        self.data_iter = iter(loader)
+        self.manager = checkpoint_manager(self.workdir, config)
+        self.state, restored_step = checkpointing.restore_latest(self.manager, trainer.abstract_state, self.data_iter)
+        if self.state is None:
+            _require_backbone_weights(config.model)
+            log.info("Initialising %s-%d (compiling its initialiser) ...", config.model.name, config.model.depth)
+            start = time.perf_counter()
+            self.state = jax.block_until_ready(trainer.initial_state(jax.random.PRNGKey(train_cfg.seed)))
+            log.info("Initialised in %.1fs.", time.perf_counter() - start)
             stop.check()
+            checkpointing.write_config(self.workdir, config)
+        else:
+            log.info("Resumed from %s at step %d.", self.manager.directory, restored_step)
+        self.first_step = self.step = self.saved_step = int(self.state.step)
+        self.metrics_log = MetricsLog(self.workdir)
+        self.pictures = ValidationPictures(trainer.model, trainer.family, self.val_source, trainer.evaluator.options,
+                                           mesh=trainer.mesh)
 
-            trainer = Trainer(config, len(class_names))
-            checkpointing.check_workdir(workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
-            loader = pipeline.train_loader(
-                train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
-                scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
-                read_threads=data.get("read_threads", 2),
-                normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0),
-            )
-            data_iter = iter(loader)
-            manager = checkpoint_manager(workdir, config)
-            state, restored_step = checkpointing.restore_latest(manager, trainer.abstract_state, data_iter)
-            if state is None:
-                _require_backbone_weights(config.model)
-                log.info("Initialising %s-%d (compiling its initialiser) ...", config.model.name, config.model.depth)
-                start = time.perf_counter()
-                state = jax.block_until_ready(trainer.initial_state(jax.random.PRNGKey(train_cfg.seed)))
-                log.info("Initialised in %.1fs.", time.perf_counter() - start)
-                stop.check()
-                checkpointing.write_config(workdir, config)
-            else:
-                log.info("Resumed from %s at step %d.", manager.directory, restored_step)
-            first_step = step = saved_step = int(state.step)
-            metrics_log = MetricsLog(workdir)
-            pictures = ValidationPictures(trainer.model, trainer.family, val_source, trainer.evaluator.options,
-                                          mesh=trainer.mesh)
+    def train(self) -> dict[str, Any]:
+        """Evaluates a stopped evaluation first, then trains to num_steps; the last evaluation's record."""
+        config, train_cfg, stop, trainer = self.config, self.train_cfg, self.stop, self.trainer
+        first_step, num_steps = self.first_step, self.num_steps
         if first_step >= num_steps:
             log.info("%s is already trained to step %d (config.train.num_steps=%d): evaluating that checkpoint.",
-                     workdir, first_step, num_steps)
-            return evaluate(first_step)
-        if is_eval_step(first_step) and first_step not in metrics_log.eval_steps:
+                     self.workdir, first_step, num_steps)
+            return self.evaluate(first_step)
+        if self.is_eval_step(first_step) and first_step not in self.metrics_log.eval_steps:
             log.info("The evaluation of step %d was stopped: evaluating it now.", first_step)
-            evaluate(first_step)
+            self.evaluate(first_step)
         if stop.requested:
-            return stopped()
+            return self.stopped()
         log.info("Training %s-%d on %s: steps %d..%d, global batch %d on %d device(s) of %d process(es).",
-                 config.model.name, config.model.depth, data.name, first_step + 1, num_steps, train_cfg.batch_size,
-                 jax.device_count(), jax.process_count())
+                 config.model.name, config.model.depth, self.data.name, first_step + 1, num_steps,
+                 train_cfg.batch_size, jax.device_count(), jax.process_count())
         with stop.stage():  # A signal during the compilation is honoured when it is done.
-            first_batch = trainer.global_batch(next(data_iter))
+            first_batch = trainer.global_batch(next(self.data_iter))
             log.info("Compiling the train step ...")
             start = time.perf_counter()
-            train_step = trainer.train_step.lower(state, first_batch).compile()
+            train_step = trainer.train_step.lower(self.state, first_batch).compile()
             log.info("Compiled the train step in %.1fs.", time.perf_counter() - start)
         # The clock starts now: steps/s and the ETA exclude the compilation.
-        progress = Progress(metrics_log, learning_rate_schedule(train_cfg), num_steps, train_cfg.skip_nonfinite,
-                            first_step, eval_every=train_cfg.eval_every)
+        self.progress = progress = Progress(self.metrics_log, learning_rate_schedule(train_cfg), num_steps,
+                                            train_cfg.skip_nonfinite, first_step, eval_every=train_cfg.eval_every)
         last_eval = None
         for step in range(first_step + 1, num_steps + 1):
-            batch = first_batch if step == first_step + 1 else trainer.global_batch(next(data_iter))
-            state, step_metrics = train_step(state, batch)
+            self.step = step
+            batch = first_batch if step == first_step + 1 else trainer.global_batch(next(self.data_iter))
+            self.state, step_metrics = train_step(self.state, batch)
             progress.add(step_metrics)
             if step == first_step + 1 or step % train_cfg.log_every == 0:  # the first line: compiled and running
                 progress.report(step)
             if step % train_cfg.checkpoint_every == 0 or step == num_steps:
-                checkpoint()
+                self.checkpoint()
             if stop_agreed(stop, step, step_metrics, train_cfg.log_every, num_steps):
-                return stopped()
-            if is_eval_step(step):
+                return self.stopped()
+            if self.is_eval_step(step):
                 start = time.perf_counter()
-                last_eval = evaluate(step)
+                last_eval = self.evaluate(step)
                 progress.eval_seconds = time.perf_counter() - start
                 progress.restart_clock()
                 if stop.requested:
-                    return stopped()
+                    return self.stopped()
         return last_eval
-    except Interrupted:
-        return stopped()
-    finally:  # However the run ends, pending checkpoint writes finish: the last good one is kept.
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()

@@ -455,9 +455,8 @@ def layout_of_trained_head(sums: dict[str, np.ndarray], setting: Setting) -> dic
     }
 
 
-def summarize(sums: dict[str, Any], values: dict[str, np.ndarray], setting: Setting,
-              class_names: Sequence[str]) -> dict[str, Any]:
-    """The study's plain-data result from the summed batch measurements and the per-pixel values."""
+def _pair_summary(sums: dict[str, Any], setting: Setting) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Fig. 4 per rate and neighbour, the same per rate and over all rates) from the summed pair counts."""
     fig4 = {key: np.asarray(v, np.float64) for key, v in sums["fig4"].items()}  # (|R|, 9) each
     pairs = fig4["positive_pairs"] + fig4["negative_pairs"]
     rate_names = [f"{r1},{r2}" for r1, r2 in setting.rates]
@@ -500,8 +499,11 @@ def summarize(sums: dict[str, Any], values: dict[str, np.ndarray], setting: Sett
         "void_mean_g": float((untargeted["g"] - untargeted["padding_g"]).sum())
         / max(float((untargeted["pairs"] - untargeted["padding_pairs"]).sum()), 1),
     }
+    return fig4_out, per_rate
 
-    # 2. Balance, over all evaluated pixels and per group.
+
+def _balance(values: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The own / neighbour / leak masses of every evaluated pixel's propagation, over all pixels and per group."""
     group = values["group"]
     balance = {}
     for name, selected in [("all pixels", np.ones_like(group, bool))] + [(g, group == i) for i, g in
@@ -524,6 +526,14 @@ def summarize(sums: dict[str, Any], values: dict[str, np.ndarray], setting: Sett
             "pixels whose leak + without-target mass exceeds own": float((leak + untargeted_mass > own).mean())
             if selected.any() else float("nan"),
         }
+    return balance
+
+
+def summarize(sums: dict[str, Any], values: dict[str, np.ndarray], setting: Setting,
+              class_names: Sequence[str]) -> dict[str, Any]:
+    """The study's plain-data result from the summed batch measurements and the per-pixel values."""
+    fig4_out, per_rate = _pair_summary(sums, setting)  # 1. Pairs (Fig. 4)
+    balance = _balance(values)  # 2. Balance, over all evaluated pixels and per group.
 
     # 3. Ablations.
     confusions = {key: np.asarray(v, np.int64) for key, v in sums["confusions"].items()}
@@ -637,32 +647,9 @@ def findings(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[str, float] | None = None) -> str:
-    """The study as Markdown: findings, ablations, pixel groups, Fig. 4, Eq. 6's balance, classes, layout."""
-    setting = result["setting"]
-    its = [str(t) for t in ITERATIONS]
-    out = ["# Affinity propagation with the model's own affinity: why it diverges (issue 21)", ""]
-    if command:
-        out += ["```", command, "```", ""]
-    out += [f"Run `{result.get('workdir', '?')}`, step {result.get('step', '?')}, split `{result.get('split', '?')}` "
-            f"({result['images']} images, {setting.get('canvas', '?')} canvas). Rates R = "
-            f"{[tuple(r) for r in setting['rates']]} ({setting['neighbours']} "
-            f"neighbours), lam = {setting['lam']:g}, mu = {setting['mu']:g}, self term "
-            f"{setting.get('self_term', 'current')!r} (Dilated Affinity Eq. 6-7). "
-            "Every variant below is a diagnostic, not a setting of the project. Pairs *without targets*: the pixel "
-            "or its neighbour is 255 (the void band along every boundary, the canvas padding); the loss never "
-            "sees them and the oracle gives them 0.", "", "## Findings", ""]
-    out += [f"- {line}" for line in findings(result)] + [""]
-    if evaluator:
-        out += ["## Cross-check with the project's evaluator (`experiments.evaluate --propagate --propagate_oracle`)",
-                ""]
-        rows = [["evaluator", _pct(evaluator.get("T0")), *[_pct(evaluator.get(f"propagate_T{t}")) for t in its],
-                 *[_pct(evaluator.get(f"oracle_T{t}")) for t in its]],
-                ["this study", _pct(result["ablations"]["own"]["0"]),
-                 *[_pct(result["ablations"]["own"][t]) for t in its],
-                 *[_pct(result["ablations"]["oracle"][t]) for t in its]]]
-        out += _table(["mIoU (%)", "T = 0", *[f"own T = {t}" for t in its], *[f"oracle T = {t}" for t in its]],
-                      rows) + [""]
+def _ablation_lines(result: dict[str, Any], its: list[str]) -> list[str]:
+    """Section 3: mIoU with each suspected cause removed, accuracy per pixel group, the largest flows."""
+    out = []
     out += ["## 3. mIoU when one suspected cause is removed", ""]
     out += _table(["variant", "what it changes", "T = 0", *[f"T = {t}" for t in its]],
                   [[f"`{v}`", VARIANTS[v], *[_pct(result["ablations"][v][t]) for t in ["0", *its]]]
@@ -678,7 +665,12 @@ def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[s
         out += [f"Largest growths of confusion from T = 0 to T = {its[-1]} (own affinity), pixels:", ""]
         out += _table(["truth", "predicted", "pixels added"],
                       [[f["truth"], f["predicted"], f["pixels_added"]] for f in flows], right_from=2) + [""]
+    return out
 
+
+def _pair_lines(result: dict[str, Any]) -> list[str]:
+    """Section 1: the predicted affinity's accuracy per rate and per category n_k (Fig. 4)."""
+    out = []
     out += ["## 1. The predicted affinity's accuracy (Fig. 4)", "",
             "Per rate: pairs of the evaluated pixels, accuracy of g(a) > 0.5, mean g(a) = Eq. 7 with mu.", ""]
     pr = result["per_rate"]
@@ -706,7 +698,12 @@ def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[s
         out += [f"{title}, per rate (rows) and category n_k (columns):", ""]
         out += _table(["rate", *k_header], [[rate, *[fmt(v) for v in fig4[key][i]]]
                                             for i, rate in enumerate(fig4["rates"])]) + [""]
+    return out
 
+
+def _balance_lines(result: dict[str, Any], setting: dict[str, Any]) -> list[str]:
+    """Section 2: Eq. 6's balance, own term against the neighbours' mass, per pixel group."""
+    out = []
     out += ["## 2. The balance of Eq. 6", "",
             f"Per evaluated pixel: the own term's mass lam * max(p) (at most {setting['lam']:g}) against the "
             f"neighbours' sum of g(a_s) over the neighbours on the canvas (at most {setting['neighbours']}), split "
@@ -719,7 +716,12 @@ def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[s
         rows = [[name, *[_num(v, 3) for v in q.values()]] for name, q in stats.items() if isinstance(q, dict)]
         first = next(q for q in stats.values() if isinstance(q, dict))
         out += _table(["quantity", *first.keys()], rows) + [""]
+    return out
 
+
+def _class_lines(result: dict[str, Any], its: list[str]) -> list[str]:
+    """Per class: boundary and cross shares against the IoU change."""
+    out = []
     t_first, t_last = its[0], its[-1]
     out += ["## Per class: does the divergence come from small, thin classes?", "",
             "Boundary share: the fraction of the class's pixels with at least one negative pair at the rates "
@@ -736,7 +738,12 @@ def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[s
     out += _table(["class", "pixels", "boundary share (%)", "cross share (%)", "IoU T = 0",
                    *[f"own T = {t}" for t in its],
                    f"own T{t_last} - T{t_first}", f"oracle T = {t_last}"], rows) + [""]
+    return out
 
+
+def _layout_lines(result: dict[str, Any]) -> list[str]:
+    """Section 4: the channel layout, in code and in the trained head."""
+    out = []
     lay = result["layout"]
     out += ["## 4. Channel layout", "",
             "Code: `channel_layout_mismatches` checks by brute force, on a random label map at these rates, that "
@@ -757,4 +764,35 @@ def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[s
             f"their rate's 8; {lay['own_channel_best_within_rate']}/{lay['channels']} offsets are predicted best by "
             f"their own channel; the best match over all offsets is in the channel's own direction for "
             f"{lay['best_overall_same_direction']}/{lay['channels']}.", ""]
+    return out
+
+
+def markdown_report(result: dict[str, Any], command: str = "", evaluator: dict[str, float] | None = None) -> str:
+    """The study as Markdown: findings, ablations, pixel groups, Fig. 4, Eq. 6's balance, classes, layout."""
+    setting = result["setting"]
+    its = [str(t) for t in ITERATIONS]
+    out = ["# Affinity propagation with the model's own affinity: why it diverges (issue 21)", ""]
+    if command:
+        out += ["```", command, "```", ""]
+    out += [f"Run `{result.get('workdir', '?')}`, step {result.get('step', '?')}, split `{result.get('split', '?')}` "
+            f"({result['images']} images, {setting.get('canvas', '?')} canvas). Rates R = "
+            f"{[tuple(r) for r in setting['rates']]} ({setting['neighbours']} "
+            f"neighbours), lam = {setting['lam']:g}, mu = {setting['mu']:g}, self term "
+            f"{setting.get('self_term', 'current')!r} (Dilated Affinity Eq. 6-7). "
+            "Every variant below is a diagnostic, not a setting of the project. Pairs *without targets*: the pixel "
+            "or its neighbour is 255 (the void band along every boundary, the canvas padding); the loss never "
+            "sees them and the oracle gives them 0.", "", "## Findings", ""]
+    out += [f"- {line}" for line in findings(result)] + [""]
+    if evaluator:
+        out += ["## Cross-check with the project's evaluator (`experiments.evaluate --propagate --propagate_oracle`)",
+                ""]
+        rows = [["evaluator", _pct(evaluator.get("T0")), *[_pct(evaluator.get(f"propagate_T{t}")) for t in its],
+                 *[_pct(evaluator.get(f"oracle_T{t}")) for t in its]],
+                ["this study", _pct(result["ablations"]["own"]["0"]),
+                 *[_pct(result["ablations"]["own"][t]) for t in its],
+                 *[_pct(result["ablations"]["oracle"][t]) for t in its]]]
+        out += _table(["mIoU (%)", "T = 0", *[f"own T = {t}" for t in its], *[f"oracle T = {t}" for t in its]],
+                      rows) + [""]
+    out += _ablation_lines(result, its) + _pair_lines(result) + _balance_lines(result, setting)
+    out += _class_lines(result, its) + _layout_lines(result)
     return "\n".join(out)
