@@ -29,6 +29,8 @@ backbone's. The paper (PDN, Sec. 5) says 24NB-1M adds under a third of ResNet-10
   python -m benchmarks.models    # on an accelerator: batch 16, both dtypes, all four models
   python -m benchmarks.models --train_batch=2 --repeats=2 --output=/tmp/models_benchmark.md   # 2-core CPU
   python -m benchmarks.models --models=difnet50 --dtypes=bfloat16 --eval_size=513
+  python -m benchmarks.models --models=difnet18 --dtypes=float32 --train_batch=2 --repeats=3 --skip_eval \
+      --peer_repo=/work/.mirror/sdujump+DifNet/repo/.git --peer_python=/tmp/torchvenv/bin/python   # + the authors'
   python -m benchmarks.models --models=simdeeplab18,pdn18_24nb_1m --dtypes=float32 --train_batch=1 \
       --repeats=1 --max_seconds=30 --pdn_module --output=/tmp/pdn.md   # PDN rows and the module on a 2-core CPU
 """
@@ -75,6 +77,11 @@ _PDN_MODULE = flags.DEFINE_bool("pdn_module", False, "Also time PDN's diffusion 
 _MODULE_NEIGHBORS = flags.DEFINE_integer("module_neighbors", 24, "The module's neighbourhood (8 or 24).")
 _MODULE_D = flags.DEFINE_integer("module_d", 256, "The module's feature width d.")
 _MODULE_DEPTHS = flags.DEFINE_list("module_depths", ["18", "50", "101"], "Backbone depths the module is set against.")
+_PEER_REPO = flags.DEFINE_string(
+    "peer_repo", "", "github.com/sdujump/DifNet (a checkout, or a git directory such as the fetch tool's mirror): "
+    "adds the DifNet authors' PyTorch train step (benchmarks/torch_peer.py) at the same crop and batch, beside each "
+    "float32 DifNet training row. Nothing of theirs is copied into the project.")
+_PEER_PYTHON = flags.DEFINE_string("peer_python", "python3", "A Python with torch, for --peer_repo (a separate venv).")
 
 NUM_CLASSES = 21
 GIB = 2**30
@@ -349,6 +356,33 @@ def ratios(rows: list[dict], what: str) -> list[str]:
     return lines
 
 
+def peer_lines(train_rows: list[dict]) -> list[str]:
+    """The authors' PyTorch DifNet train step (--peer_repo) at each float32 DifNet row's crop and batch, one run
+    of --repeats steps after a warm-up, right after the project's row: the project's step / theirs."""
+    from benchmarks import torch_peer
+
+    lines = []
+    for row in train_rows:
+        if not row["model"].startswith("DifNet-") or row["dtype"] != "float32" or not row.get("seconds"):
+            continue
+        layers = int(row["model"].split("-")[1])
+        peer = torch_peer.run_peer(_PEER_REPO.value, _PEER_PYTHON.value, layers=layers, crop=_CROP.value,
+                                   batch=row["batch"], repeats=max(_REPEATS.value, 1))
+        print(f"peer DifNet-{layers}: torch {peer['torch']}, {peer['threads']} threads, step "
+              f"{_fmt_seconds(peer['median_s'])}", flush=True)
+        if not lines:
+            lines = ["The DifNet authors' PyTorch train step (`model_difnet.py` of github.com/sdujump/DifNet, built at "
+                     "benchmark time in a separate environment: forward, bilinear upsampling, cross-entropy, "
+                     "backward, SGD with momentum and weight decay; float32, random init and data), same crop and "
+                     "batch, against the project's row above:", "",
+                     "| model | crop | batch | project step | authors' PyTorch step | torch | threads | runs | "
+                     "project speed / authors' |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+        lines.append(f"| {row['model']} | {_CROP.value} | {row['batch']} | {_fmt_seconds(row['seconds'])} | "
+                     f"{_fmt_seconds(peer['median_s'])} | {peer['torch']} | {peer['threads']} | {len(peer['times'])} "
+                     f"| {peer['median_s'] / row['seconds']:.2f}x |")
+    return lines
+
+
 def main(argv):
     del argv
     start = time.perf_counter()
@@ -363,6 +397,7 @@ def main(argv):
                 train_rows.append(train_row)
             if not _SKIP_EVAL.value:
                 eval_rows.append(eval_row)
+    peer = peer_lines(train_rows) if _PEER_REPO.value and not _SKIP_TRAIN.value else []
     module_dtype = _DTYPES.value[0]
     module = module_rows(Budget(), module_dtype) if _PDN_MODULE.value else []  # its own FLOP rates
 
@@ -386,6 +421,8 @@ def main(argv):
         section += [f"Training: `train.Trainer.train_step` (forward + backward + SGD update), crop {_CROP.value}, "
                     "random images and labels.", "", *train_table(train_rows), "", *ratios(train_rows, "train step")]
         section += [""] if section[-1] else []
+    if peer:
+        section += [*peer, ""]
     if eval_rows:
         section += [f"Inference: eval-mode forward (`timing.forward`), batch 1, {_EVAL_SIZE.value}x"
                     f"{_EVAL_SIZE.value}. The paper's Table 4 (GTX 1080, 505x505): DifNet-50 "

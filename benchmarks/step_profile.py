@@ -1,0 +1,240 @@
+"""Where a train step's time goes: XLA CPU's per-operation profile of the project's jitted train step, by category.
+
+For each --variants config (default: the synthetic DifNet-18 and Sim-DeepLab-18), the project's
+`Trainer.train_step` on random uint8 images and labels at the config's crop and batch is compiled (with the
+`difnet_jax.xla_cpu` setting the project chooses, or --setting), run --steps times under `jax.profiler.trace`,
+and every XLA operation the CPU runtime executed (its thunks, one trace event each) is put in a category from
+the HLO instruction's source (`metadata.op_name`: the flax module path and the jax primitive) and its opcode:
+
+  - convolution: convolutions (and their YNNPACK fusions), forward and backward;
+  - cascade: DifNet's diffusion (`Diffusion` modules: the similarity matmuls, softmax, the walks), fwd and bwd;
+  - normalisation: BatchNorm's statistics, normalisation and their gradients;
+  - optimizer: everything after the gradient (optax's SGD, weight decay, momentum; the norms of the metrics);
+  - loss / upsampling / other: the rest (bilinear upsampling of the logits, cross-entropy, ReLUs, pooling, ...).
+
+The profile's operation times are summed over the threads that ran them and scaled to the step's wall time
+(so the fractions are of the step). Achieved FLOP/s: XLA's `cost_analysis()` FLOPs of the step / its median time,
+against this machine's dense float32 4096^2 matmul rate measured in the same process (as benchmarks.cascade).
+Host overhead: the training loop's time per step in `experiments.voc` is not measured here (see BENCHMARKS.md,
+"Small-model train step").
+
+  python -m benchmarks.step_profile
+  python -m benchmarks.step_profile --variants=difnet18 --crop=321 --batch=2 --steps=2
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from difnet_jax import timing, train, xla_cpu
+from difnet_jax.models import difnet
+from experiments.configs.voc import get_config
+
+_VARIANTS = flags.DEFINE_list("variants", ["difnet18,synthetic", "simdeeplab18,synthetic"], "Configs of voc.py.")
+_CROP = flags.DEFINE_integer("crop", 0, "Crop (0: the config's).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Batch (0: the config's).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Profiled steps (after warm-up).")
+_SETTING = flags.DEFINE_string("setting", "", "A difnet_jax.xla_cpu.SETTINGS name (empty: the project's choice).")
+_COMPARE_POOL = flags.DEFINE_bool(
+    "compare_pool", False, "Instead of profiling: DifNet's train step with its adaptive max-pool (a gather of the "
+    "bins' indices) against a candidate of static slices (`sliced_adaptive_max_pool`), same process, alternating; "
+    "both run --steps steps from the same state on the same batches, and their metrics and parameters compared.")
+_ROUNDS = flags.DEFINE_integer("rounds", 9, "Timed rounds of --compare_pool.")
+
+CATEGORIES = ("convolution", "cascade", "Psi adaptive max-pool", "normalisation", "optimizer",
+              "loss / upsampling / other")
+
+
+def categorise(opcode: str, op_name: str, calls: str) -> str:
+    if "convolution" in opcode or "conv_general_dilated" in op_name or "convolution" in calls:
+        return "convolution"
+    if not re.search(r"jvp\(|transpose\(", op_name):  # outside value_and_grad: the update and the metrics
+        return "optimizer"
+    if re.search(r"diffuse|[Dd]iffusion|cascade", op_name):
+        return "cascade"
+    if re.search(r"/psi\d/(gather|scatter|reduce_max|max|slice|concatenate|select|eq|pad)", op_name):
+        return "Psi adaptive max-pool"
+    if re.search(r"/(bn\d*|\w*_bn|BatchNorm\w*)/", op_name):
+        return "normalisation"
+    return "loss / upsampling / other"
+
+
+def hlo_table(hlo_text: str) -> dict[str, tuple[str, str, str]]:
+    """instruction name -> (opcode, op_name, called computations' text) of the optimized HLO."""
+    computations, current = {}, None
+    for line in hlo_text.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) ", line)
+        if m and line.rstrip().endswith("{"):
+            current = m.group(1)
+            computations[current] = []
+        elif current is not None:
+            computations[current].append(line)
+    table = {}
+    for lines in computations.values():
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+(?: \S+)*? ([\w\-]+)\(", line)
+            if not m:
+                continue
+            name, opcode = m.group(1), m.group(2)
+            op_name = re.search(r'op_name="([^"]*)"', line)
+            called = re.findall(r"calls=%?([\w.\-]+)", line)
+            calls = " ".join(" ".join(computations.get(c, [])) for c in called)
+            if not op_name and called:  # a fusion's metadata: its root's
+                inner = re.search(r'op_name="([^"]*)"', calls)
+                op_name = inner
+            table[name] = (opcode, op_name.group(1) if op_name else "", calls)
+    return table
+
+
+def profile(variant: str) -> None:
+    config = get_config(variant)
+    if _CROP.value:
+        config.data.crop_size = _CROP.value
+    if _BATCH.value:
+        config.train.batch_size = _BATCH.value
+    crop, batch = config.data.crop_size, config.train.batch_size
+    setting = _SETTING.value or xla_cpu.choice(config.model)
+    trainer = train.Trainer(config, 21)
+    state = trainer.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    data = trainer.global_batch({"image": rng.integers(0, 256, (batch, crop, crop, 3)).astype(np.uint8),
+                                 "label": rng.integers(0, 21, (batch, crop, crop)).astype(np.int32)})
+    compiled = trainer.train_step.lower(state, data).compile()  # with the setting of difnet_jax.xla_cpu
+    flops = compiled.cost_analysis()
+    flops = (flops[0] if isinstance(flops, list | tuple) else flops).get("flops", 0.0)
+    for _ in range(2):
+        state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(_STEPS.value):
+        start = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+
+    table = hlo_table(compiled.as_text())
+    trace_dir = tempfile.mkdtemp(prefix="step_profile_")
+    with jax.profiler.trace(trace_dir):
+        for _ in range(_STEPS.value):
+            state, metrics = compiled(state, data)
+            jax.block_until_ready(metrics)
+    from jax._src.profiler import ProfileData  # jaxlib's reader of the trace's XSpace
+
+    path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
+    data_ = ProfileData.from_file(path)
+    by_category, by_op, unmatched = collections.Counter(), collections.Counter(), collections.Counter()
+    for plane in data_.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = event.name
+                if name not in table:
+                    unmatched[name] += event.duration_ns
+                    continue
+                opcode, op_name, calls = table[name]
+                by_category[categorise(opcode, op_name, calls)] += event.duration_ns
+                by_op[(name, opcode, op_name[-90:])] += event.duration_ns
+    total = sum(by_category.values())
+    print(f"\n{variant}: crop {crop}, batch {batch}, setting {setting}: step {step_s * 1e3:.0f} ms "
+          f"(min {min(times) * 1e3:.0f}), {flops / 1e9:.1f} GFLOP/step, {flops / step_s / 1e9:.1f} GFLOP/s")
+    print(f"profiled operation time: {total / 1e6 / _STEPS.value:.0f} ms a step (summed over threads)")
+    for category in CATEGORIES:
+        print(f"  {category}: {by_category[category] / max(total, 1):.1%}")
+    print("  top operations:")
+    for (name, opcode, op_name), ns in by_op.most_common(25):
+        print(f"    {ns / max(total, 1):6.1%} {name} {opcode} {op_name}")
+    print("  unmatched trace events (not XLA operations: runtime, Python):")
+    for name, ns in unmatched.most_common(8):
+        print(f"    {ns / 1e6 / _STEPS.value:8.1f} ms/step {name[:100]}")
+
+
+def sliced_adaptive_max_pool(x, size):
+    """A candidate for difnet.adaptive_max_pool (which indexes with the bins: a gather forward, a scatter-add
+    backward): each bin a static slice, the same maxima (tests/test_xla_cpu.py checks values and gradients)."""
+    def pool_axis(x, axis, size_out):
+        size_in = x.shape[axis]
+        if size_in == size_out:
+            return x
+        starts = (np.arange(size_out) * size_in) // size_out
+        ends = -((-(np.arange(size_out) + 1) * size_in) // size_out)
+        return jnp.concatenate([jax.lax.slice_in_dim(x, int(a), int(b), axis=axis).max(axis=axis, keepdims=True)
+                                for a, b in zip(starts, ends, strict=True)], axis=axis)
+    return pool_axis(pool_axis(x, 1, size[0]), 2, size[1])
+
+
+def compare_pool(variant: str) -> None:
+    config = get_config(variant)
+    crop, batch = config.data.crop_size, config.train.batch_size
+    setting = _SETTING.value or xla_cpu.choice(config.model)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.integers(0, 256, (batch, crop, crop, 3)).astype(np.uint8),
+                "label": rng.integers(0, 21, (batch, crop, crop)).astype(np.int32)} for _ in range(_STEPS.value)]
+    compiled, states, results = {}, {}, {}
+    for name in ("gather (the model's)", "slices (candidate)"):
+        trainer = train.Trainer(config, 21)
+        state = trainer.init(jax.random.PRNGKey(0))
+        data = [trainer.global_batch(b) for b in batches]
+        with mock.patch.object(difnet, "adaptive_max_pool",
+                               difnet.adaptive_max_pool if name.startswith("gather") else sliced_adaptive_max_pool):
+            compiled[name] = trainer.train_step.lower(state, data[0]).compile()
+        history = []
+        for b in data:
+            state, metrics = compiled[name](state, b)
+            history.append({k: np.asarray(v) for k, v in metrics.items()})
+        states[name], results[name] = state, (history, jax.tree.map(np.asarray, state.params))
+    (hist_a, params_a), (hist_b, params_b) = results.values()
+    same_metrics = all(np.array_equal(a[k], b[k]) for a, b in zip(hist_a, hist_b, strict=True) for k in a)
+    same_params = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b),
+                                                            strict=True))
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b),
+                                                              strict=True))
+    print(f"\n{variant} (crop {crop}, batch {batch}, setting {setting}), {_STEPS.value} steps from the same state: "
+          f"metrics bitwise equal {same_metrics}, parameters bitwise equal {same_params} (max |diff| {worst:.1e}); "
+          f"losses {[float(h['loss']) for h in hist_a]} vs {[float(h['loss']) for h in hist_b]}")
+    data0 = data[0]
+    times = {name: [] for name in compiled}
+    for _ in range(_ROUNDS.value):
+        for name, c in compiled.items():
+            start = time.perf_counter()
+            states[name], metrics = c(states[name], data0)
+            jax.block_until_ready(metrics)
+            times[name].append(time.perf_counter() - start)
+    for name, t in times.items():
+        t = np.array(t[1:])  # the first round: warm-up
+        print(f"  {name}: median {np.median(t) * 1e3:.0f} ms, min - max {t.min() * 1e3:.0f} - {t.max() * 1e3:.0f} ms, "
+              f"{1 / np.median(t):.2f} steps/s")
+    before, now = (np.median(t[1:]) for t in times.values())
+    print(f"  candidate / model's steps/s: {before / now:.2f}x")
+
+
+def main(argv):
+    del argv
+    if _SETTING.value:
+        os.environ[xla_cpu.ENV] = _SETTING.value  # what the Trainer's jit compiles with
+    print(timing.device_description(), " ".join(sys.argv[1:]))
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a).lower(a).compile()
+    jax.block_until_ready(matmul(a))
+    t = timing.time_function(matmul, a, warmup=1, runs=5)
+    print(f"dense float32 4096^2 matmul: {2 * 4096**3 / t.median_s / 1e9:.1f} GFLOP/s")
+    for variant in _VARIANTS.value:
+        if _COMPARE_POOL.value:
+            compare_pool(variant)
+        else:
+            profile(variant)
+
+
+if __name__ == "__main__":
+    app.run(main)
