@@ -134,7 +134,8 @@ def write_cityscapes_tree(root: str, num_images: int) -> None:
 
 
 def loader_rate(source, workers: int, batches: int, batch_size: int, crop_size: int) -> float:
-    loader = pipeline.train_loader(source, global_batch_size=batch_size, crop_size=crop_size, num_workers=workers)
+    loader = pipeline.train_loader(source, global_batch_size=batch_size, crop_size=crop_size, num_workers=workers,
+                                   normalization=IMAGENET)
     iterator = iter(loader)
     next(iterator)  # start-up (worker processes) not counted
     start = time.perf_counter()
@@ -229,7 +230,7 @@ def per_core_rates(sources: dict, files: list[tuple[str, str]], crop: int, count
 
     def project_way(storage, index, rng):  # + normalising on the host: the peer's steps, though training does it
         out = transform.random_map(raw[storage][index], rng)  # on the device
-        return pipeline.normalize(out["image"]), out["label"]
+        return pipeline.normalize(out["image"], IMAGENET), out["label"]
 
     ways = {
         "project": lambda index, rng: project_way(image_storage.UNCOMPRESSED, index, rng),

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from difnet_jax.data import pipeline
-from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.data.normalization import Normalization
 from difnet_jax.drawing import visualize
 from difnet_jax.evaluation.evaluator import network_size
 from difnet_jax.user_errors import ArgumentError, ExistingOutputError, MissingPathError
@@ -94,7 +94,7 @@ def load_image(path: str) -> np.ndarray:
 
 
 def segment(probabilities_fn: Callable[[np.ndarray], jax.Array], image: np.ndarray, eval_size: int,
-            normalization: Normalization = IMAGENET) -> np.ndarray:
+            normalization: Normalization) -> np.ndarray:
     """(H, W) uint8 class indices of `image` (H, W, 3) uint8.
 
     `probabilities_fn` maps images normalised by `normalization` (the run's config.data.normalization),
@@ -152,7 +152,7 @@ def _save_png(picture: Image.Image, path: str) -> None:
 
 
 def predict_files(probabilities_fn: Callable[[np.ndarray], jax.Array], inputs: Sequence[str], output_dir: str, *,
-                  eval_size: int, force: bool = False, normalization: Normalization = IMAGENET) -> PredictSummary:
+                  eval_size: int, normalization: Normalization, force: bool = False) -> PredictSummary:
     """Segments each input and writes its label map and overlay; unreadable inputs are logged and skipped.
 
     Refuses first, writing nothing (`check_outputs`): ExistingOutputError (a FileExistsError) if any

@@ -41,7 +41,7 @@ from difnet_jax.backbone_weights import loading
 from difnet_jax.checkpointing import checkpoint_manager
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import normalization, pipeline
-from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.data.normalization import Normalization
 from difnet_jax.drawing.pictures import ValidationPictures
 from difnet_jax.evaluation import metrics
 from difnet_jax.evaluation.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
@@ -79,7 +79,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, loss_fn: LossFn,
                tx: optax.GradientTransformation, skip_nonfinite: bool = False,
-               normalization: Normalization = IMAGENET) -> tuple[TrainState, dict[str, jax.Array]]:
+               normalization: Normalization) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on the model family's loss (`Family.loss`: its total and named terms).
 
     batch['image'] uint8 RGB (the train loader's) is normalised here, on the device, by `normalization`

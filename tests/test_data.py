@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from difnet_jax.data import pipeline, shapes
+from difnet_jax.data.normalization import IMAGENET
 from tests.helpers import TINY
 
 
@@ -50,7 +51,8 @@ def _take(loader_iter, count):
 
 def test_train_batches_shapes_ranges_and_determinism(tiny_data_dir):
     source = pipeline.source(TINY, "train", tiny_data_dir)
-    make = lambda seed: iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33, seed=seed))
+    make = lambda seed: iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33, seed=seed,
+                                                     normalization=IMAGENET))
     batches = _take(make(0), 3)
     for batch in batches:
         assert batch["image"].shape == (4, 33, 33, 3) and batch["image"].dtype == np.uint8  # normalised on device
@@ -64,7 +66,7 @@ def test_train_batches_shapes_ranges_and_determinism(tiny_data_dir):
 
 def test_restored_iterator_continues_with_the_same_batches(tiny_data_dir):
     source = pipeline.source(TINY, "train", tiny_data_dir)
-    loader = pipeline.train_loader(source, global_batch_size=4, crop_size=33, seed=3)
+    loader = pipeline.train_loader(source, global_batch_size=4, crop_size=33, seed=3, normalization=IMAGENET)
     it = iter(loader)
     _take(it, 14)  # past the first epoch of 12 batches
     state = it.get_state()

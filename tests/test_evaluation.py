@@ -120,7 +120,8 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
     assert "Refusing to overwrite" in cli.stderr and str(out / "small.png") in cli.stderr
     assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
     with pytest.raises(FileExistsError, match="small.png"):
-        predict.predict_files(probabilities_fn, [str(tmp_path / "in" / "small.png")], str(out), eval_size=97)
+        predict.predict_files(probabilities_fn, [str(tmp_path / "in" / "small.png")], str(out), eval_size=97,
+                              normalization=norm)
     # A prediction that fails for every image leaves no (empty) output folder behind.
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
@@ -131,7 +132,7 @@ def test_prediction_writes_the_argmax_as_indexed_pngs_skips_bad_files_and_never_
     assert failed.returncode == 1 and "FAILED" in failed.stderr and not (tmp_path / "none").exists(), failed.stderr
     with pytest.raises(ValueError, match="replace an input"):
         predict.predict_files(probabilities_fn, [str(tmp_path / "in" / "small.png")], str(tmp_path / "in"),
-                              eval_size=97, force=True)
+                              eval_size=97, normalization=norm, force=True)
 
 
 def test_transition_spread_is_one_node_for_the_identity_and_all_for_uniform():

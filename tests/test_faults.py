@@ -22,6 +22,7 @@ import pytest
 
 from difnet_jax import checkpointing, train
 from difnet_jax.data import pipeline
+from difnet_jax.data.normalization import IMAGENET
 from difnet_jax.run_log import Progress
 from difnet_jax.user_errors import PathError
 from tests.helpers import TINY, tiny_config
@@ -172,7 +173,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(finished_run, tm
             f.truncate(os.path.getsize(path) // 3)
     trainer = train.Trainer(config, 21)
     loader = pipeline.train_loader(pipeline.source(TINY, "train", config.data.data_dir), global_batch_size=4,
-                                   crop_size=33)
+                                   crop_size=33, normalization=IMAGENET)
     manager = checkpointing.checkpoint_manager(str(workdir), config)
     with caplog.at_level(logging.WARNING):
         state, step = checkpointing.restore_latest(manager, trainer.abstract_state, iter(loader))
@@ -208,7 +209,7 @@ def test_bad_workdir_fails_before_training(tiny_data_dir, tmp_path, monkeypatch)
 
 def test_bfloat16_trains_like_float32(tiny_data_dir):
     source = pipeline.source(TINY, "train", tiny_data_dir)
-    batch = next(iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33)))
+    batch = next(iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33, normalization=IMAGENET)))
     losses = {}
     for dtype in ("float32", "bfloat16"):
         config = tiny_config(tiny_data_dir)

@@ -171,12 +171,13 @@ def test_normalize_is_the_arithmetic():
     image = rng.integers(0, 256, (2, 7, 9, 3), dtype=np.uint8)
     expected = (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
     for value in (image, image[0], image[0, :, ::-1], image[0].astype(np.float32)):
-        result = pipeline.normalize(value)
+        result = pipeline.normalize(value, IMAGENET)
         assert result.dtype == np.float32 and result.shape == value.shape
-    np.testing.assert_array_equal(pipeline.normalize(image), expected)  # batches
-    np.testing.assert_array_equal(pipeline.normalize(image[0]), expected[0])
-    np.testing.assert_array_equal(pipeline.normalize(image[0, :, ::-1]), expected[0, :, ::-1])  # not contiguous
-    np.testing.assert_array_equal(pipeline.normalize(image[0].astype(np.float32)), expected[0])
+    np.testing.assert_array_equal(pipeline.normalize(image, IMAGENET), expected)  # batches
+    np.testing.assert_array_equal(pipeline.normalize(image[0], IMAGENET), expected[0])
+    np.testing.assert_array_equal(pipeline.normalize(image[0, :, ::-1], IMAGENET),  # not contiguous
+                                  expected[0, :, ::-1])
+    np.testing.assert_array_equal(pipeline.normalize(image[0].astype(np.float32), IMAGENET), expected[0])
     for normalization in (IMAGENET, CAFFE_BGR):  # the train step's (on the device): the same float32 values
         np.testing.assert_array_equal(np.asarray(jax.jit(normalization.apply_on_device)(image)),
                                       normalization.apply(image))
@@ -184,13 +185,13 @@ def test_normalize_is_the_arithmetic():
 
 def test_pad_to_pads_bottom_right_only():
     image, label = _scene(1)
-    padded, padded_label = pipeline.pad_to(image, label, 100, 90)
+    padded, padded_label = pipeline.pad_to(image, label, 100, 90, IMAGENET)
     assert padded.shape == (100, 90, 3) and padded_label.shape == (100, 90)
     np.testing.assert_array_equal(padded[:HEIGHT, :WIDTH], image)
     np.testing.assert_array_equal(padded_label[:HEIGHT, :WIDTH], label)
     assert (padded[HEIGHT:] == IMAGENET.fill).all() and (padded[:, WIDTH:] == IMAGENET.fill).all()
     assert (padded_label[HEIGHT:] == IGNORE_LABEL).all() and (padded_label[:, WIDTH:] == IGNORE_LABEL).all()
-    same, same_label = pipeline.pad_to(image, label, 50, 50)  # already large enough
+    same, same_label = pipeline.pad_to(image, label, 50, 50, IMAGENET)  # already large enough
     assert same is image and same_label is label
 
 

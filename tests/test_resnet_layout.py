@@ -182,8 +182,9 @@ def test_caffe_bgr_is_the_authors_input_and_imagenet_the_pipelines():
         np.testing.assert_array_equal(pipeline.normalize(image, norm), norm.apply(image))
         np.testing.assert_allclose(norm.invert(norm.apply(image)), image, atol=1e-4)
         np.testing.assert_array_equal(report.unnormalize(norm.apply(image), norm), norm.invert(norm.apply(image)))
-    # imagenet is what the pipeline always did, to the bit, and its default
-    np.testing.assert_array_equal(pipeline.normalize(image), (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD)
+    # imagenet is what the pipeline always did, to the bit
+    np.testing.assert_array_equal(pipeline.normalize(image, IMAGENET),
+                                  (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD)
     assert IMAGENET.fill == tuple(int(v) for v in IMAGENET_MEAN.round())
     assert normalization.of_config(voc.get_config("difnet18").data) is CAFFE_BGR
 

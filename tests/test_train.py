@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from difnet_jax import train
-from difnet_jax.data import pipeline
+from difnet_jax.data import normalization, pipeline
 from tests.helpers import TINY, tiny_config
 
 
@@ -22,7 +22,9 @@ def test_loss_falls_clearly_on_a_fixed_batch(tiny_data_dir):
     trainer = train.Trainer(config, num_classes=21)
     state = trainer.init(jax.random.PRNGKey(0))
     source = pipeline.source(TINY, "train", tiny_data_dir)
-    batch = trainer.global_batch(next(iter(pipeline.train_loader(source, global_batch_size=4, crop_size=33))))
+    loader = pipeline.train_loader(source, global_batch_size=4, crop_size=33,
+                                   normalization=normalization.of_config(config.data))
+    batch = trainer.global_batch(next(iter(loader)))
     losses = []
     for _ in range(40):
         state, step_metrics = trainer.train_step(state, batch)

@@ -139,9 +139,9 @@ def _label_2d(label: np.ndarray) -> np.ndarray:
     return label[..., 0] if label.ndim == 3 else label
 
 
-def normalize(image: np.ndarray, normalization: Normalization = IMAGENET) -> np.ndarray:
+def normalize(image: np.ndarray, normalization: Normalization) -> np.ndarray:
     """uint8 RGB images (any leading shape) -> the float32 network input: `normalization.apply`
-    (config.data.normalization, `normalization.of_config`; default ImageNet's mean and std, RGB)."""
+    (config.data.normalization, `normalization.of_config`: required, each variant reads its own input)."""
     return normalization.apply(image)
 
 
@@ -153,7 +153,7 @@ def _pad(image: np.ndarray, label: np.ndarray, bottom: int, left: int, right: in
     return image, np.pad(label, ((0, bottom), (left, right)), constant_values=IGNORE_LABEL)
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int, normalization: Normalization = IMAGENET):
+def pad_to(image: np.ndarray, label: np.ndarray, height: int, width: int, normalization: Normalization):
     """Pads bottom/right to at least (height, width): image (uint8 RGB) with `normalization.fill` (the mean colour,
     0 once normalised), label with 255."""
     pad_y, pad_x = max(height - image.shape[0], 0), max(width - image.shape[1], 0)
@@ -281,7 +281,7 @@ class TrainTransform(grain.transforms.RandomMap):
 
 def train_loader(
     data_source, *, global_batch_size: int, crop_size: int, scale_range=(0.5, 1.5), seed: int = 0,
-    num_workers: int = 0, normalization: Normalization = IMAGENET, scale_step: float = 0.0, read_threads: int = 2,
+    normalization: Normalization, num_workers: int = 0, scale_step: float = 0.0, read_threads: int = 2,
 ) -> grain.DataLoader:
     """An endless, shuffled loader yielding this host's share of each global batch: 'image' uint8 RGB (B, H, W, 3),
     normalised by the train step on the device, 'label' int32 (B, H, W). Each loader process reads records ahead

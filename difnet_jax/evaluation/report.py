@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from difnet_jax import timing
-from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.data.normalization import Normalization
 from difnet_jax.evaluation import crf, metrics
 from difnet_jax.evaluation.evaluator import (
     EvalOptions,
@@ -41,7 +41,7 @@ from difnet_jax.user_errors import ArgumentError
 log = logging.getLogger(__name__)
 
 
-def unnormalize(images: np.ndarray, normalization: Normalization = IMAGENET) -> np.ndarray:
+def unnormalize(images: np.ndarray, normalization: Normalization) -> np.ndarray:
     """Inverse of `pipeline.normalize`: RGB colours on 0..255 (float32)."""
     return normalization.invert(images)
 
@@ -55,7 +55,7 @@ def valid_mask(sizes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 
-def crf_postprocess(params: crf.CRFParams, normalization: Normalization = IMAGENET
+def crf_postprocess(params: crf.CRFParams, normalization: Normalization
                     ) -> Callable[[jax.Array, np.ndarray, np.ndarray], jax.Array]:
     """(probabilities, images normalised by `normalization`, sizes) -> dense-CRF marginals, image by image."""
 
