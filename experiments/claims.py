@@ -51,6 +51,10 @@ _OUT = flags.DEFINE_string("out", os.path.join(cli.PROJECT_ROOT, "docs", "result
 _LEDGER = flags.DEFINE_string("ledger", os.path.join(cli.PROJECT_ROOT, "docs", "results", "claims_runs.jsonl"),
                               "The finished runs' configs and final evaluations; missing workdirs are restored "
                               "from it.")
+_PAGES = flags.DEFINE_list("pages", [os.path.join(cli.PROJECT_ROOT, "docs", "claims.md")],
+                           "Pages whose claims table (between the TABLE_BEGIN and TABLE_END comments) is rewritten.")
+TABLE_BEGIN, TABLE_END = "<!-- claims table: begin (python -m experiments.claims --report_only) -->", \
+    "<!-- claims table: end -->"
 _PARALLEL = flags.DEFINE_integer("parallel", min(2, len(os.sched_getaffinity(0))),
                                  "Trainings at once, each on an equal share of the cores (module docstring).")
 
@@ -210,6 +214,21 @@ def _execute(plan: claims.Plan, ledger: claims.Ledger, parallel: int) -> None:
         raise failure
 
 
+def splice_table(path: str, lines: list[str]) -> bool:
+    """Replaces the text between TABLE_BEGIN and TABLE_END in PATH with LINES; False when the page has no markers."""
+    with open(path) as f:
+        text = f.read()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        return False
+    head, rest = text.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    temporary = path + ".partial"
+    with open(temporary, "w") as f:
+        f.write(head + TABLE_BEGIN + "\n" + "\n".join(lines) + "\n" + TABLE_END + tail)
+    os.replace(temporary, path)
+    return True
+
+
 def main():
     study = claims.study()
     runs_dir = os.path.abspath(_RUNS_DIR.value)
@@ -232,11 +251,18 @@ def main():
                          scratch_steps=_SCRATCH_STEPS.value)
     kept = ledger.update(report.ledger_jobs(), runs_dir, run_config)
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    all_rows = claims_report.rows(report)
     text = claims_report.markdown(report, _command(), _estimate_text(report), runs_dir=_RUNS_DIR.value)
     with open(_OUT.value, "w") as f:
         f.write(text)
-    print("\n".join(claims_report.table(report)))
-    print(f"Wrote {_OUT.value}; {kept} finished run(s) kept in {_LEDGER.value}")
+    table = claims_report.table(report, all_rows)
+    spliced = [page for page in _PAGES.value if os.path.isfile(page) and splice_table(
+        page, [f"{claims_report.progress(report)} ({time.strftime('%Y-%m-%d')}; the table of "
+               f"`{os.path.relpath(_OUT.value, cli.PROJECT_ROOT)}`, written by the same command):", "", *table, "",
+               "What changed since the last table:", "", *claims_report.changes(all_rows)])]
+    print("\n".join(table))
+    print(f"Wrote {_OUT.value}" + (f" and the table in {', '.join(spliced)}" if spliced else "")
+          + f"; {kept} finished run(s) kept in {_LEDGER.value}")
     return status
 
 

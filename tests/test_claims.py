@@ -306,3 +306,16 @@ def test_dry_run_lists_the_runs_and_starts_nothing(tmp_path):
     assert any("Estimated training time" in line for line in lines)
     assert f"--workdir={runs}/difnet18_scratch_steps20_seed1" in result.stdout  # --scratch_steps
     assert not runs.exists() and not out.exists()
+
+
+def test_the_report_rewrites_only_the_table_between_the_markers_of_a_page(tmp_path):
+    from experiments import claims as entry
+
+    page = tmp_path / "claims.md"
+    page.write_text(f"# Claims\n\nintro\n\n{entry.TABLE_BEGIN}\nold table\n{entry.TABLE_END}\n\nwhat was checked\n")
+    assert entry.splice_table(str(page), ["| new | table |"])
+    assert page.read_text() == (f"# Claims\n\nintro\n\n{entry.TABLE_BEGIN}\n| new | table |\n{entry.TABLE_END}\n\n"
+                                "what was checked\n")
+    other = tmp_path / "other.md"
+    other.write_text("no markers\n")
+    assert not entry.splice_table(str(other), ["x"]) and other.read_text() == "no markers\n"

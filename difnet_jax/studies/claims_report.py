@@ -101,7 +101,7 @@ def _row(claim: Claim, comp: Comparison, groups, selected: dict[str, Any], plan:
         notes.append(f"fewer seeds finished than planned ({plan.seeds})")
     notes += [n for n in dict.fromkeys((note_a, note_b)) if n]
     if verdict in ("no", "within noise", "not testable"):
-        notes.append("what was checked: README, Claims")
+        notes.append("what was checked: docs/claims.md")
     return Row(claim, comp, f"{_cell(a, keys[0])} vs {_cell(b, keys[1])}", result.text(), verdict, "; ".join(notes))
 
 
