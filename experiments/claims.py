@@ -190,7 +190,7 @@ def _execute(plan: claims.Plan, ledger: claims.Ledger, parallel: int) -> None:
         try:
             while True:
                 if failure is None:
-                    busy = {job.workdir for job in running.values()}
+                    busy = {job.workdir for job, _ in running.values()}
                     for job, action in plan.work():
                         if not free:
                             break
