@@ -31,7 +31,6 @@ import re
 import sys
 import tempfile
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +38,6 @@ import numpy as np
 from absl import app, flags
 
 from difnet_jax import timing, train, xla_cpu
-from difnet_jax.models import difnet
 from experiments.configs.voc import get_config
 
 _VARIANTS = flags.DEFINE_list("variants", ["difnet18,synthetic", "simdeeplab18,synthetic"], "Configs of voc.py.")
@@ -47,12 +45,6 @@ _CROP = flags.DEFINE_integer("crop", 0, "Crop (0: the config's).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch (0: the config's).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Profiled steps (after warm-up).")
 _SETTING = flags.DEFINE_string("setting", "", "A difnet_jax.xla_cpu.SETTINGS name (empty: the project's choice).")
-_COMPARE_POOL = flags.DEFINE_bool(
-    "compare_pool", False, "Instead of profiling: DifNet's train step with its adaptive max-pool (a gather of the "
-    "bins' indices) against a candidate of static slices (`sliced_adaptive_max_pool`), same process, alternating; "
-    "both run --steps steps from the same state on the same batches, and their metrics and parameters compared.")
-_ROUNDS = flags.DEFINE_integer("rounds", 9, "Timed rounds of --compare_pool.")
-
 CATEGORIES = ("convolution", "cascade", "Psi adaptive max-pool", "normalisation", "optimizer",
               "loss / upsampling / other")
 
@@ -162,7 +154,8 @@ def profile(variant: str) -> None:
 
 def sliced_adaptive_max_pool(x, size):
     """A candidate for difnet.adaptive_max_pool (which indexes with the bins: a gather forward, a scatter-add
-    backward): each bin a static slice, the same maxima (tests/test_xla_cpu.py checks values and gradients)."""
+    backward): each bin a static slice, the same maxima (tests/test_xla_cpu.py checks values and gradients).
+    Not applied: BENCHMARKS.md, "XLA CPU settings, the DifNet peer and the small-model step"."""
     def pool_axis(x, axis, size_out):
         size_in = x.shape[axis]
         if size_in == size_out:
@@ -172,51 +165,6 @@ def sliced_adaptive_max_pool(x, size):
         return jnp.concatenate([jax.lax.slice_in_dim(x, int(a), int(b), axis=axis).max(axis=axis, keepdims=True)
                                 for a, b in zip(starts, ends, strict=True)], axis=axis)
     return pool_axis(pool_axis(x, 1, size[0]), 2, size[1])
-
-
-def compare_pool(variant: str) -> None:
-    config = get_config(variant)
-    crop, batch = config.data.crop_size, config.train.batch_size
-    setting = _SETTING.value or xla_cpu.choice(config.model)
-    rng = np.random.default_rng(0)
-    batches = [{"image": rng.integers(0, 256, (batch, crop, crop, 3)).astype(np.uint8),
-                "label": rng.integers(0, 21, (batch, crop, crop)).astype(np.int32)} for _ in range(_STEPS.value)]
-    compiled, states, results = {}, {}, {}
-    for name in ("gather (the model's)", "slices (candidate)"):
-        trainer = train.Trainer(config, 21)
-        state = trainer.init(jax.random.PRNGKey(0))
-        data = [trainer.global_batch(b) for b in batches]
-        with mock.patch.object(difnet, "adaptive_max_pool",
-                               difnet.adaptive_max_pool if name.startswith("gather") else sliced_adaptive_max_pool):
-            compiled[name] = trainer.train_step.lower(state, data[0]).compile()
-        history = []
-        for b in data:
-            state, metrics = compiled[name](state, b)
-            history.append({k: np.asarray(v) for k, v in metrics.items()})
-        states[name], results[name] = state, (history, jax.tree.map(np.asarray, state.params))
-    (hist_a, params_a), (hist_b, params_b) = results.values()
-    same_metrics = all(np.array_equal(a[k], b[k]) for a, b in zip(hist_a, hist_b, strict=True) for k in a)
-    same_params = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b),
-                                                            strict=True))
-    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b),
-                                                              strict=True))
-    print(f"\n{variant} (crop {crop}, batch {batch}, setting {setting}), {_STEPS.value} steps from the same state: "
-          f"metrics bitwise equal {same_metrics}, parameters bitwise equal {same_params} (max |diff| {worst:.1e}); "
-          f"losses {[float(h['loss']) for h in hist_a]} vs {[float(h['loss']) for h in hist_b]}")
-    data0 = data[0]
-    times = {name: [] for name in compiled}
-    for _ in range(_ROUNDS.value):
-        for name, c in compiled.items():
-            start = time.perf_counter()
-            states[name], metrics = c(states[name], data0)
-            jax.block_until_ready(metrics)
-            times[name].append(time.perf_counter() - start)
-    for name, t in times.items():
-        t = np.array(t[1:])  # the first round: warm-up
-        print(f"  {name}: median {np.median(t) * 1e3:.0f} ms, min - max {t.min() * 1e3:.0f} - {t.max() * 1e3:.0f} ms, "
-              f"{1 / np.median(t):.2f} steps/s")
-    before, now = (np.median(t[1:]) for t in times.values())
-    print(f"  candidate / model's steps/s: {before / now:.2f}x")
 
 
 def main(argv):
@@ -230,10 +178,7 @@ def main(argv):
     t = timing.time_function(matmul, a, warmup=1, runs=5)
     print(f"dense float32 4096^2 matmul: {2 * 4096**3 / t.median_s / 1e9:.1f} GFLOP/s")
     for variant in _VARIANTS.value:
-        if _COMPARE_POOL.value:
-            compare_pool(variant)
-        else:
-            profile(variant)
+        profile(variant)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 XLA's CPU backend (jaxlib 0.10.2) can hand matrix products and convolutions to YNNPACK instead of its default
 Eigen path (`xla_cpu_experimental_ynn_fusion_type`). Measured on an Intel Xeon with AVX-512 (BENCHMARKS.md,
-"XLA CPU settings"): at the paper's sizes (width 64, crop 321) YNNPACK's dot fusions make the train step far
-faster, while at the synthetic configs' sizes (width 16, crop 81) they make it slower. So the setting is chosen
+"XLA CPU settings, the DifNet peer and the small-model step"): at the paper's sizes (width 64, crop 321) YNNPACK's
+dot fusions take the train step to 0.73x (DifNet-18) and 0.65x (Sim-DeepLab-18) of XLA's default time, while at the
+synthetic configs' sizes (width 16, crop 81) they make DifNet-18's step 1.38x slower, and they do not speed up the
+eval forward (0.99x at 505). So the setting is chosen
 from the model's width (`compiler_options`), and given to each jitted program as `jax.jit(...,
 compiler_options=...)`: no XLA_FLAGS, nothing to set before jax starts, and only on the CPU backend.
 
