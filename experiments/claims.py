@@ -21,18 +21,14 @@ ledger (--ledger, committed): a later session restores its missing workdirs from
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import shlex
-import subprocess
 import sys
-import threading
 import time
 
 from absl import flags
 
-from difnet_jax.studies import claims, claims_report
-from difnet_jax.user_errors import ArgumentError
+from difnet_jax.studies import claims, claims_report, claims_runner
 from experiments import cli
 from experiments.run_config import run_config
 
@@ -52,9 +48,8 @@ _LEDGER = flags.DEFINE_string("ledger", os.path.join(cli.PROJECT_ROOT, "docs", "
                               "The finished runs' configs and final evaluations; missing workdirs are restored "
                               "from it.")
 _PAGES = flags.DEFINE_list("pages", [os.path.join(cli.PROJECT_ROOT, "docs", "claims.md")],
-                           "Pages whose claims table (between the TABLE_BEGIN and TABLE_END comments) is rewritten.")
-TABLE_BEGIN, TABLE_END = "<!-- claims table: begin (python -m experiments.claims --report_only) -->", \
-    "<!-- claims table: end -->"
+                           "Pages whose claims table (between claims_runner's TABLE_BEGIN and TABLE_END comments) is "
+                           "rewritten.")
 _PARALLEL = flags.DEFINE_integer("parallel", min(2, len(os.sched_getaffinity(0))),
                                  "Trainings at once, each on an equal share of the cores (module docstring).")
 
@@ -128,105 +123,9 @@ def _print_job(job: claims.Job, rates, plan) -> None:
                                                                else "(waits for sweep da_propagation)"))
 
 
-def _core_shares(parallel: int) -> list[list[int]]:
-    """The cores this process may use, split into `parallel` equal shares (one list of cores per slot)."""
-    cores = sorted(os.sched_getaffinity(0))
-    if parallel < 1 or parallel > len(cores):
-        raise ArgumentError(f"--parallel={parallel} is invalid: expected 1 to {len(cores)} (the cores here)")
-    share = len(cores) // parallel
-    return [cores[i * share:(i + 1) * share] for i in range(parallel)]
-
-
-def _subprocess(module: str, argv: list[str], log_path: str, cores: list[int], cache_dir: str) -> None:
-    """Runs `python -m MODULE ARGV` on CORES in the project root, its output appended to LOG_PATH. Ctrl-C reaches the
-    child too (one process group): a training checkpoints and stops; this waits for it."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir}
-    if len(cores) == 1:  # XLA's CPU client would start a thread per core of the machine
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                            "intra_op_parallelism_threads=1").strip()
-    with open(log_path, "a") as log_file:
-        log_file.write(f"\n$ python -m {module} {shlex.join(argv)}  # cores {cores}, "
-                       f"XLA_FLAGS={env.get('XLA_FLAGS', '')!r}\n")
-        log_file.flush()
-        process = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=log_file, stderr=subprocess.STDOUT,
-                                   cwd=cli.PROJECT_ROOT, env=env)
-        os.sched_setaffinity(process.pid, cores)  # before the child has imported anything, so all its threads
-        returncode = process.wait()
-    if returncode != 0:
-        with open(log_path) as f:
-            tail = f.readlines()[-15:]
-        raise claims.StudyStopped(f"python -m {module} exited with code {returncode}; the end of {log_path}:\n"
-                                  + "".join(tail))
-
-
 def _announce(job: claims.Job, action: str, cores: list[int]) -> None:
     print(f"{job.run.label} seed {job.seed}: {'training' if action == 'train' else 'evaluating'} {job.workdir} (log "
           f"{job.workdir}.log, cores {cores}) at {time.strftime('%H:%M:%S')}", flush=True)
-
-
-def _execute(plan: claims.Plan, ledger: claims.Ledger, parallel: int) -> None:
-    """Runs the plan's work, `parallel` jobs at once, each on its share of the cores, re-planning after each job (a
-    finished sweep unlocks the runs waiting for its selection); StudyStopped after the running jobs end."""
-    shares, free = _core_shares(parallel), list(range(parallel))
-    cache_dir = os.path.join(plan.runs_dir, ".jax_cache")
-    lock, running, failure = threading.Lock(), {}, None
-
-    def run(job: claims.Job, action: str, slot: int) -> None:
-        train = lambda job: _subprocess("experiments.voc", job.train_argv(), job.workdir + ".log",  # noqa: E731
-                                        shares[slot], cache_dir)
-        evaluate = lambda job: _subprocess("experiments.evaluate", job.evaluate_argv(),  # noqa: E731
-                                           job.workdir + ".log", shares[slot], cache_dir)
-        claims.run_one(job, action, train, evaluate, plan.load_config)
-        with lock:
-            ledger.add(job, plan.runs_dir, plan.load_config)
-
-    claims.check_workdirs(plan)
-    if claims.pretraining_missing(plan):  # once, before trainings at once would each start making it
-        print("Pretraining the synthetic ImageNet ResNet-18 first (python -m experiments.pretrain) ...", flush=True)
-        _subprocess("experiments.pretrain", [], os.path.join(plan.runs_dir, "pretrain.log"),
-                    sorted(os.sched_getaffinity(0)), cache_dir)
-    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-        try:
-            while True:
-                if failure is None:
-                    busy = {job.workdir for job, _ in running.values()}
-                    for job, action in plan.work():
-                        if not free:
-                            break
-                        if job.workdir not in busy:
-                            slot = free.pop(0)
-                            _announce(job, action, shares[slot])
-                            running[pool.submit(run, job, action, slot)] = (job, slot)
-                            busy.add(job.workdir)
-                if not running:
-                    break
-                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    _, slot = running.pop(future)
-                    free.append(slot)
-                    failure = failure or future.exception()
-        except KeyboardInterrupt:
-            print("Stopping: the running trainings checkpoint first ...", flush=True)
-            concurrent.futures.wait(running)
-            raise
-    if failure is not None:
-        raise failure
-
-
-def splice_table(path: str, lines: list[str]) -> bool:
-    """Replaces the text between TABLE_BEGIN and TABLE_END in PATH with LINES; False when the page has no markers."""
-    with open(path) as f:
-        text = f.read()
-    if TABLE_BEGIN not in text or TABLE_END not in text:
-        return False
-    head, rest = text.split(TABLE_BEGIN, 1)
-    tail = rest.split(TABLE_END, 1)[1]
-    temporary = path + ".partial"
-    with open(temporary, "w") as f:
-        f.write(head + TABLE_BEGIN + "\n" + "\n".join(lines) + "\n" + TABLE_END + tail)
-    os.replace(temporary, path)
-    return True
 
 
 def main():
@@ -243,7 +142,7 @@ def main():
     status = 0
     if not _REPORT_ONLY.value:
         try:
-            _execute(plan, ledger, _PARALLEL.value)
+            claims_runner.execute(plan, ledger, _PARALLEL.value, cli.PROJECT_ROOT, _announce)
         except claims.StudyStopped as stop:
             print(f"Study stopped: {stop}", file=sys.stderr)
             status = 1
@@ -256,7 +155,7 @@ def main():
     with open(_OUT.value, "w") as f:
         f.write(text)
     table = claims_report.table(report, all_rows)
-    spliced = [page for page in _PAGES.value if os.path.isfile(page) and splice_table(
+    spliced = [page for page in _PAGES.value if os.path.isfile(page) and claims_runner.splice_table(
         page, [f"{claims_report.progress(report)} ({time.strftime('%Y-%m-%d')}; the table of "
                f"`{os.path.relpath(_OUT.value, cli.PROJECT_ROOT)}`, written by the same command):", "", *table, "",
                "What changed since the last table:", "", *claims_report.changes(all_rows)])]

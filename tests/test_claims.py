@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from difnet_jax.config_checks import check_config
-from difnet_jax.studies import claims, claims_report
+from difnet_jax.studies import claims, claims_report, claims_runner
 from difnet_jax.user_errors import ArgumentError, ConfigError
 from experiments.configs import variants
 from experiments.configs.voc import get_config
@@ -309,8 +309,7 @@ def test_dry_run_lists_the_runs_and_starts_nothing(tmp_path):
 
 
 def test_the_report_rewrites_only_the_table_between_the_markers_of_a_page(tmp_path):
-    from experiments import claims as entry
-
+    entry = claims_runner
     page = tmp_path / "claims.md"
     page.write_text(f"# Claims\n\nintro\n\n{entry.TABLE_BEGIN}\nold table\n{entry.TABLE_END}\n\nwhat was checked\n")
     assert entry.splice_table(str(page), ["| new | table |"])
@@ -321,27 +320,25 @@ def test_the_report_rewrites_only_the_table_between_the_markers_of_a_page(tmp_pa
     assert not entry.splice_table(str(other), ["x"]) and other.read_text() == "no markers\n"
 
 
-def test_the_entry_point_runs_two_jobs_at_once_on_their_own_cores_and_keeps_them_in_the_ledger(tmp_path, monkeypatch):
+def test_the_runner_runs_two_jobs_at_once_on_their_own_cores_and_keeps_them_in_the_ledger(tmp_path, monkeypatch):
     """experiments.claims' scheduler: jobs start as slots free up (each slot its share of the cores), a finished
     sweep unlocks the runs waiting for it, every finished run goes to the ledger."""
-    from experiments import claims as entry
-
     plan = _plan(tmp_path, ["difnet_vs_simdeeplab"], seeds=1)
-    jobs = {job.workdir: job for job in plan.all_jobs() if job.workdir}
     calls = []
 
-    def fake_subprocess(module, argv, log_path, cores, cache_dir):
+    def fake_module(module, argv, log_path, cores, cache_dir, cwd):
         workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
         calls.append((os.path.basename(workdir), tuple(cores)))
-        job = jobs.get(workdir) or next(j for j in plan.all_jobs() if j.workdir == workdir)
+        job = next(j for j in plan.all_jobs() if j.workdir == workdir)
         _fake_run(job, 0.7 if "lrs10.0" in workdir else 0.6)
 
-    monkeypatch.setattr(entry, "_subprocess", fake_subprocess)
-    monkeypatch.setattr(entry.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(claims_runner.os, "sched_getaffinity", lambda pid: {0, 1})
     ledger = claims.Ledger(str(tmp_path / "ledger.jsonl"))
-    entry._execute(plan, ledger, parallel=2)
+    claims_runner.execute(plan, ledger, 2, REPO, run=fake_module)
     assert {cores for _, cores in calls} == {(0,), (1,)}
     assert len(calls) == 4 + 4  # the two lr sweeps of 2 values, then 2 runs from scratch and 2 fine-tuned
     assert plan.selected() == {"difnet_lr": 10.0, "simdeeplab_lr": 10.0}
     assert "difnet18_pretrained_lrs10.0_steps20_seed0" in [name for name, _ in calls]
     assert len(ledger.entries()) == 8 and not plan.work()
+    with pytest.raises(ArgumentError, match="--parallel=3 is invalid: expected 1 to 2"):
+        claims_runner.core_shares(3)

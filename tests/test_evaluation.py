@@ -179,7 +179,7 @@ def test_timed_branches_compose_to_the_whole_forward_pass(tiny_run):
     psis = difnet_mechanism.similarity_branch(model, variables, images)
     y = difnet_mechanism.diffusion_branch(model, variables, seed, psis)
     logits = timing.forward(model, variables, images)
-    np.testing.assert_allclose(resize_bilinear(y, (33, 33)), logits, atol=1e-4)
+    np.testing.assert_allclose(resize_bilinear(y, (33, 33), model.align_corners), logits, atol=1e-4)
 
 
 def test_select_nodes_spreads_over_classes():

@@ -79,9 +79,9 @@ def test_choice_by_width_and_switches(monkeypatch):
 
 
 def test_sliced_adaptive_max_pool_candidate_matches_the_models():
-    """benchmarks.step_profile's candidate pool (static slices) against difnet.adaptive_max_pool: values and
+    """benchmarks.pool_candidate's pool (static slices) against difnet.adaptive_max_pool: values and
     gradients (distinct values: no ties)."""
-    from benchmarks.step_profile import sliced_adaptive_max_pool
+    from benchmarks.pool_candidate import sliced_adaptive_max_pool
     from difnet_jax.models.difnet import adaptive_max_pool
 
     x = jnp.asarray(np.random.default_rng(0).permutation(2 * 21 * 23 * 3).reshape(2, 21, 23, 3), jnp.float32)

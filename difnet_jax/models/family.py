@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the type only: the family record imports no family's math
 Outputs = tuple[jax.Array, Mapping[str, Any]]  # (logits, intermediates)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # one record a family: compared and hashed by identity (caches key on it)
 class Family:
     """One model family.
 
