@@ -24,7 +24,6 @@ from difnet_jax.studies.claims import (
     Comparison,
     Job,
     Plan,
-    Quantity,
     Selected,
     _text,
     read_record,
@@ -218,7 +217,3 @@ def markdown(plan: Plan, command: str, estimate: str, date: str | None = None, r
               "docs/results/claims_runs.jsonl, from which the study restores a missing workdir.", ""]
     return "\n".join(lines)
 
-
-def quantity_key(quantity: Quantity, selected: dict[str, Any]) -> str | None:
-    """The metrics key a quantity reads under a selection (tests and the README's checks)."""
-    return quantity.metric(selected)
