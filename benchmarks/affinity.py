@@ -23,11 +23,8 @@ those of `benchmarks.models` (same meaning). Appends a section to --output.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
-import platform
-import sys
 import time
 from collections.abc import Callable
 
@@ -149,9 +146,7 @@ def inference(size: int, budget: models.Budget) -> list[dict]:
 
 def main(argv):
     del argv
-    start = time.perf_counter()
-    load = os.getloadavg()
-    device = timing.device_description()
+    start, load = time.perf_counter(), os.getloadavg()
     batch_size, crop, repeats = models._TRAIN_BATCH.value, models._CROP.value, models._REPEATS.value  # noqa: SLF001
     fmt = models._fmt_seconds  # noqa: SLF001
     section_body = []
@@ -190,9 +185,8 @@ def main(argv):
             section_body.append(f"\n- Propagation / forward pass: {propagate_s / forward_s:.2f}.")
         if crf_s and propagate_s:
             section_body.append(f"- Dense CRF / propagation: {crf_s / propagate_s:.1f}.")
-    command = " ".join(["python -m benchmarks.affinity", *sys.argv[1:]])
-    section = [f"## Dilated affinity: head, loss and propagation costs ({datetime.date.today()}, {platform.node()}, "
-               f"{device})", "", f"Command: `{command}`", "", report.conditions(start, load), "", *section_body]
+    section = [*report.heading("Dilated affinity: head, loss and propagation costs", "benchmarks.affinity",
+                               timing.device_description()), report.conditions(start, load), "", *section_body]
     report.append_section(models._OUTPUT.value, "\n".join(section).rstrip() + "\n")  # noqa: SLF001
 
 

@@ -14,10 +14,7 @@ when torch is importable. Appends a section to BENCHMARKS.md.
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import sys
 import time
 
 import jax
@@ -38,6 +35,7 @@ except ImportError:
 _NS = flags.DEFINE_list("ns", ["1681", "4096", "16384", "65536"], "Node counts N (41^2, 64^2, 128^2, 256^2).")
 _BATCHES = flags.DEFINE_list("batches", ["1", "16"], "Batch sizes B.")
 _BACKENDS = flags.DEFINE_list("backends", list(diffusion.BACKENDS), "Diffusion backends.")
+_TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch dense cascade too (if torch is importable).")
 _CROSSOVER_NS = flags.DEFINE_list(
     "crossover_ns", ["256", "576", "784", "1024", "1296", "1681", "2304", "4096"],
     "N of the dense vs chunked table (B = 1).")
@@ -47,7 +45,6 @@ _MAX_GIB = flags.DEFINE_float("max_gib", 16.0, "Compiled memory above which a co
 _MAX_SECONDS = flags.DEFINE_float(
     "max_seconds", 30.0, "Time budget of one combination, estimated from the same backend's last timing x B N^2: "
     "beyond it the warm-up is dropped, beyond twice it the combination is not timed.")
-_TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch dense cascade too (if torch is importable).")
 _OUTPUT = flags.DEFINE_string("output", "BENCHMARKS.md", "Markdown file the section is appended to.")
 
 GIB = 2**30
@@ -209,8 +206,7 @@ def crossover_rows(timer: Timer, matmul: float, times: dict, peaks: dict) -> lis
 
 def main(argv):
     del argv
-    start = time.perf_counter()
-    load = os.getloadavg()
+    start, load = time.perf_counter(), os.getloadavg()
     matmul = matmul_flops_per_second()
     timer = Timer()
     rows, times, peaks = [], {}, {}
@@ -229,13 +225,9 @@ def main(argv):
 
     header = ("| N | B | backend | fwd+bwd (ms) | peak memory | GFLOP/s | of matmul |\n"
               "| --- | --- | --- | --- | --- | --- | --- |")
-    command = " ".join(["python -m benchmarks.cascade", *sys.argv[1:]])
+    device = timing.device_description() + (f", torch {torch.__version__}" if torch is not None else "")
     section = [
-        f"## Diffusion cascade backends ({datetime.date.today()}, {platform.node()}, {timing.device_description()}"
-        f"{f', torch {torch.__version__}' if torch is not None else ''})",
-        "",
-        f"Command: `{command}`",
-        "",
+        *report.heading("Diffusion cascade backends", "benchmarks.cascade", device),
         f"fwd+bwd of a {WALKS}-walk cascade, C = {CHANNELS}, K = {CLASSES}: jit(value_and_grad) of sum(y_T^2) w.r.t. "
         f"seed, Psi_1..{WALKS} and the mu/beta logits, float32, chunked block_size {_BLOCK_SIZE.value}. Time: median "
         f"of {_REPEATS.value} runs after one warm-up (larger combinations: fewer, as marked; estimated beyond "

@@ -37,11 +37,8 @@ backbone's. The paper (PDN, Sec. 5) says 24NB-1M adds under a third of ResNet-10
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -385,9 +382,7 @@ def peer_lines(train_rows: list[dict]) -> list[str]:
 
 def main(argv):
     del argv
-    start = time.perf_counter()
-    load = os.getloadavg()
-    device = timing.device_description()
+    start, load = time.perf_counter(), os.getloadavg()
     budget = Budget()
     train_rows, eval_rows = [], []
     for variant in _MODELS.value:
@@ -402,13 +397,9 @@ def main(argv):
     module = module_rows(Budget(), module_dtype) if _PDN_MODULE.value else []  # its own FLOP rates
 
     paper = difnet_mechanism.PAPER_TIMES
-    command = " ".join(["python -m benchmarks.models", *sys.argv[1:]])
     section = [
-        f"## Models: training throughput and inference latency ({datetime.date.today()}, {platform.node()}, "
-        f"{device})",
-        "",
-        f"Command: `{command}`",
-        "",
+        *report.heading("Models: training throughput and inference latency", "benchmarks.models",
+                        timing.device_description()),
         f"{report.conditions(start, load)} Models from "
         f"experiments/configs/voc.py ({NUM_CLASSES} classes, width 64, diffusion backend `auto`), random init; "
         "parameters float32, compute in the dtype shown. Compile: lower + compile of the jitted function, apart "

@@ -1,9 +1,13 @@
-"""What every benchmark script reports the same way: XLA's peak memory, the run's conditions, the appended section."""
+"""What every benchmark script reports the same way: XLA's peak memory, the section's heading, the run's conditions,
+the appended section."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import resource
+import sys
 import time
 
 
@@ -17,6 +21,13 @@ def peak_bytes(compiled) -> int | None:
         return None
     return (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes)
+
+
+def heading(title: str, script: str, device: str) -> list[str]:
+    """A section's first lines: `## TITLE (date, host, DEVICE)`, then the command that ran it (`python -m SCRIPT`
+    with this process's arguments)."""
+    command = " ".join([f"python -m {script}", *sys.argv[1:]])
+    return [f"## {title} ({datetime.date.today()}, {platform.node()}, {device})", "", f"Command: `{command}`", ""]
 
 
 def conditions(start: float, load: tuple[float, float, float]) -> str:

@@ -19,10 +19,7 @@ B = 1 and 16), `conv` (one 3x3 convolution, dilation 2, 41x41, batch 2, 512 chan
 
 from __future__ import annotations
 
-import datetime
 import os
-import platform
-import sys
 import time
 
 import jax
@@ -206,16 +203,14 @@ def main(argv):
     del argv
     os.environ[xla_cpu.ENV] = "off"  # the Trainer's jit carries no setting of its own: each compile names one
     start, load = time.perf_counter(), os.getloadavg()
-    device = timing.device_description()
     section_body = []
     for kind in _KINDS.value:
         rounds = _PAPER_ROUNDS.value if kind.startswith("paper") else _ROUNDS.value
         for case in cases(kind):
             section_body += measure(case, _SETTINGS.value, rounds)
     settings = "; ".join(f"{name}: `{xla_cpu.SETTINGS[name] or 'none'}`" for name in _SETTINGS.value)
-    command = " ".join(["python -m benchmarks.xla_cpu", *sys.argv[1:]])
-    section = [f"## XLA CPU settings ({datetime.date.today()}, {platform.node()}, {device})", "",
-               f"Command: `{command}`", "", f"{report.conditions(start, load)} Settings: {settings}. Each time: "
+    section = [*report.heading("XLA CPU settings", "benchmarks.xla_cpu", timing.device_description()),
+               f"{report.conditions(start, load)} Settings: {settings}. Each time: "
                "rounds alternating the settings in one process, median and min - max.", "", *section_body]
     report.append_section(_OUTPUT.value, "\n".join(section).rstrip() + "\n")
 

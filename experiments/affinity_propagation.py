@@ -31,9 +31,9 @@ from experiments.run_config import run_config
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A Dilated Affinity run's directory (a *_affinity variant).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _OUT = flags.DEFINE_string("out", None, "The Markdown report; default WORKDIR/affinity_propagation.md.")
 _JSON = flags.DEFINE_string("json", None, "Also write the measurements as plain data (JSON) to this file.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to measure; default config.data.eval_split.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images per batch; default config.train.eval_batch_size.")
 _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Measure only about the first N images (whole batches).")

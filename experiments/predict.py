@@ -31,12 +31,12 @@ from experiments.run_config import run_config
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with :ARG); default WORKDIR/config.json.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (config.json, checkpoints/).")
-_INPUT = flags.DEFINE_string("input", None, "An image file or a folder of images.")
-_OUTPUT = flags.DEFINE_string("output", None, "Folder for the PNGs (created if missing).")
-_FORCE = flags.DEFINE_bool("force", False, "Overwrite existing outputs.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _SCALES = cli.define_number_list("scales", "1.0", "Input scales whose softmax probabilities are averaged.")
 _FLIP = flags.DEFINE_bool("flip", False, "Also average over horizontally flipped inputs.")
+_INPUT = flags.DEFINE_string("input", None, "An image file or a folder of images.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for the PNGs (created if missing).")
+_FORCE = flags.DEFINE_bool("force", False, "Overwrite existing outputs.")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 cli.mark_flags_as_nonempty(["workdir", "input", "output"])
 

@@ -49,59 +49,59 @@ def _conv(features: int, kernel: int, *, stride: int = 1, dilation: int = 1, dty
     )
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """What both blocks share: their fields and the shortcut, the input itself or, with `project`, its 1x1
+    projection (stride `stride`) to the block's `features * expansion` output channels."""
+
+    features: int
+    stride: int = 1
+    dilation: int = 1
+    project: bool = False
+    norm: Any = nn.BatchNorm
+    dtype: Any = jnp.float32
+    layout: str = "torchvision"
+    expansion = 1  # output channels per `features`
+
+    def conv(self, features: int, kernel: int, *, stride: int = 1, dilation: int = 1, name: str):
+        """A bias-free convolution in the block's dtype (`_conv`)."""
+        return _conv(features, kernel, stride=stride, dilation=dilation, dtype=self.dtype, name=name)
+
+    def shortcut(self, x):
+        if not self.project:
+            return x
+        x = self.conv(self.features * self.expansion, 1, stride=self.stride, name="downsample_conv")(x)
+        return self.norm(name="downsample_bn")(x)
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut; `layout` "difnet_authors"
     dilates only the second (module docstring)."""
 
-    features: int
-    stride: int = 1
-    dilation: int = 1
-    project: bool = False
-    norm: Any = nn.BatchNorm
-    dtype: Any = jnp.float32
-    layout: str = "torchvision"
-    expansion = 1
-
     @nn.compact
     def __call__(self, x):
-        conv = functools.partial(_conv, dtype=self.dtype)
         first_dilation = self.dilation if self.layout == "torchvision" else 1
-        y = conv(self.features, 3, stride=self.stride, dilation=first_dilation, name="conv1")(x)
+        y = self.conv(self.features, 3, stride=self.stride, dilation=first_dilation, name="conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
-        y = conv(self.features, 3, dilation=self.dilation, name="conv2")(y)
+        y = self.conv(self.features, 3, dilation=self.dilation, name="conv2")(y)
         y = self.norm(name="bn2")(y)
-        if self.project:
-            x = conv(self.features, 1, stride=self.stride, name="downsample_conv")(x)
-            x = self.norm(name="downsample_bn")(x)
-        return nn.relu(x + y)
+        return nn.relu(self.shortcut(x) + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (dilated), 1x1 expand by 4; the stride on the 3x3 (torchvision v1.5) or, in
     `layout` "difnet_authors", on the first 1x1 (Caffe's ResNet; module docstring)."""
 
-    features: int
-    stride: int = 1
-    dilation: int = 1
-    project: bool = False
-    norm: Any = nn.BatchNorm
-    dtype: Any = jnp.float32
-    layout: str = "torchvision"
     expansion = 4
 
     @nn.compact
     def __call__(self, x):
-        conv = functools.partial(_conv, dtype=self.dtype)
         reduce_stride, conv_stride = (1, self.stride) if self.layout == "torchvision" else (self.stride, 1)
-        y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, stride=reduce_stride, name="conv1")(x)))
-        y = conv(self.features, 3, stride=conv_stride, dilation=self.dilation, name="conv2")(y)
+        y = nn.relu(self.norm(name="bn1")(self.conv(self.features, 1, stride=reduce_stride, name="conv1")(x)))
+        y = self.conv(self.features, 3, stride=conv_stride, dilation=self.dilation, name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
-        y = conv(self.features * 4, 1, name="conv3")(y)
+        y = self.conv(self.features * self.expansion, 1, name="conv3")(y)
         y = self.norm(name="bn3")(y)
-        if self.project:
-            x = conv(self.features * 4, 1, stride=self.stride, name="downsample_conv")(x)
-            x = self.norm(name="downsample_bn")(x)
-        return nn.relu(x + y)
+        return nn.relu(self.shortcut(x) + y)
 
 
 def _stem_max_pool(x, ceil_mode: bool):
