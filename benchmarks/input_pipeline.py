@@ -209,7 +209,7 @@ def per_core_rates(sources: dict, files: list[tuple[str, str]], crop: int, count
                    ) -> tuple[dict[str, float], str | None]:
     """Images per CPU-second of each way over the same examples, in alternating rounds. `sources`: the prepared
     records by storage; `files`: the release's (image, label) files, in the records' order."""
-    transform = pipeline.TrainTransform(crop)
+    transform = pipeline.TrainTransform(crop, normalization=IMAGENET)
     raw = {storage: pipeline.encoded_images(source) for storage, source in sources.items()}
     features = sources[image_storage.RELEASED].dataset_info.features
 

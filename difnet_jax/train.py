@@ -45,7 +45,8 @@ from difnet_jax.data.normalization import Normalization
 from difnet_jax.drawing.pictures import ValidationPictures
 from difnet_jax.evaluation import metrics
 from difnet_jax.evaluation.evaluator import EvalOptions, EvalResult, Evaluator, head_mious
-from difnet_jax.models import family_of, pretrained_backbones
+from difnet_jax.models import dataset_facts, family_of, pretrained_backbones
+from difnet_jax.models.family import Facts
 from difnet_jax.optimizer import learning_rate_schedule, make_optimizer
 from difnet_jax.preemption import Interrupted, StopRequests
 from difnet_jax.run_log import MetricsLog, Progress
@@ -133,14 +134,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 
 class Trainer:
-    """The compiled pieces of a run on a mesh: init, train step, eval step."""
+    """The compiled pieces of a run on a mesh: init, train step, eval step.
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh | None = None):
+    facts: what the family's build and loss read from the train set (`models.dataset_facts(config.model)`, which
+    the training session and the trained-run loader pass); None: asked of the family here.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, mesh: Mesh | None = None,
+                 facts: Facts | None = None):
         self.config = config
         self.num_classes = num_classes
         self.mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
         self.family = family_of(config.model)
-        self.model = self.family.build(config.model, num_classes)
+        self.facts = dataset_facts(config.model) if facts is None else facts
+        self.model = self.family.build(config.model, num_classes, self.facts)
         self.pretrained = pretrained_backbones(config.model)
         self.tx = make_optimizer(config.train, self.pretrained, frozen_bn=config.model.get("frozen_backbone_bn", False))
         self.replicated = NamedSharding(self.mesh, P())
@@ -154,10 +161,13 @@ class Trainer:
             abstract, self.state_sharding,
         )
         self.init = jax.jit(init, out_shardings=self.state_sharding)
+
+        def loss_fn(outputs, batch):
+            return self.family.loss(outputs, batch, config.model, self.facts)
+
         self.train_step = jax.jit(
             functools.partial(train_step, model=self.model, tx=self.tx, skip_nonfinite=config.train.skip_nonfinite,
-                              normalization=normalization.of_config(config.data),
-                              loss_fn=lambda outputs, batch: self.family.loss(outputs, batch, config.model)),
+                              normalization=normalization.of_config(config.data), loss_fn=loss_fn),
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
@@ -360,7 +370,8 @@ class _Session:
         self.val_source = pipeline.source(data.name, data.eval_split, data.data_dir)
         stop.check()
 
-        self.trainer = trainer = Trainer(config, len(self.class_names))
+        facts = dataset_facts(config.model)  # e.g. the affinity head's statistics, counted the first time
+        self.trainer = trainer = Trainer(config, len(self.class_names), facts=facts)
         checkpointing.check_workdir(self.workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
         loader = pipeline.train_loader(
             train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,

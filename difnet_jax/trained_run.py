@@ -42,6 +42,7 @@ from difnet_jax import config_compat, train, workdir_lock
 from difnet_jax.config_checks import check_config
 from difnet_jax.data import normalization, pipeline
 from difnet_jax.evaluation.evaluator import model_probabilities, network_size
+from difnet_jax.models import dataset_facts
 from difnet_jax.run_log import MetricsLog, format_seconds
 from difnet_jax.user_errors import ArgumentError, MissingPathError
 
@@ -130,7 +131,8 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None, step
         raise ArgumentError(f"no checkpoint for step {step} in {workdir!r}; its steps: "
                             f"{', '.join(map(str, steps))} (leave the step out for the latest)")
     class_names = dataset_class_names(config)
-    trainer = train.Trainer(config, len(class_names))
+    # the facts the run trained with: read as in training (from the stats file, or stored with the dataset)
+    trainer = train.Trainer(config, len(class_names), facts=dataset_facts(config.model))
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state)))
     manager.close()
     log.info("Restored %s-%d from %s at step %d.", config.model.name, config.model.depth, workdir, step)

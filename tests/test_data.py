@@ -82,7 +82,8 @@ def test_eval_batches_pad_with_void(tiny_data_dir):
     from difnet_jax.evaluation.evaluator import EvalOptions, eval_batches_with_sizes
 
     source = pipeline.source(TINY, "validation", tiny_data_dir)
-    batches = list(eval_batches_with_sizes(source, batch_size=6, options=EvalOptions(eval_size=97)))
+    options = EvalOptions(eval_size=97, normalization=IMAGENET)
+    batches = list(eval_batches_with_sizes(source, batch_size=6, options=options))
     assert len(batches) == 3  # 16 images: 6 + 6 + 4 real and 2 void
     assert batches[0]["image"].shape == (6, 97, 97, 3)
     assert (batches[0]["label"][:, 96, :] == 255).all() and (batches[0]["label"][:, :, 96] == 255).all()
@@ -90,4 +91,4 @@ def test_eval_batches_pad_with_void(tiny_data_dir):
     np.testing.assert_array_equal(batches[0]["label"][2, :96, :96], source[2]["label"][..., 0])
     assert [b["count"] for b in batches] == [6, 6, 4] and batches[-1]["size"][4:].tolist() == [[0, 0]] * 2
     with pytest.raises(ValueError, match="larger than the evaluation canvas 64x64"):
-        next(eval_batches_with_sizes(source, batch_size=2, options=EvalOptions(eval_size=64)))
+        next(eval_batches_with_sizes(source, batch_size=2, options=EvalOptions(eval_size=64, normalization=IMAGENET)))

@@ -2,8 +2,10 @@
 (multi-grid, BatchNorm decays, dropout, separable convs), the family's settings and statistics, the statistics
 script, and a short training run that lowers both loss terms."""
 
+import ast
 import json
 import os
+import pathlib
 import shutil
 
 import flax.linen as nn
@@ -247,10 +249,10 @@ def test_settings_are_read_once_and_old_configs_build_as_they_ran():
     with old.unlocked():
         for key in deeplabv3plus.LEGACY:
             del old.deeplabv3plus[key]
-    model = deeplabv3plus.build(old, 3)
+    model = deeplabv3plus.build(old, 3, {})
     assert (model.multi_grid, model.backbone_bn_momentum, model.bn_momentum, model.aspp_dropout) == ((), 0.9, 0.9, 0.0)
     assert deeplabv3plus.settings(old).affinity_reduction == "sum_over_pairs"
-    new = deeplabv3plus.build(_model_config(), 3)
+    new = deeplabv3plus.build(_model_config(), 3, {})
     assert (new.multi_grid, new.backbone_bn_momentum, new.bn_momentum, new.aspp_dropout) == ((1, 2), 0.95, 0.9997, 0.1)
     assert not new.aspp_separable and not new.decoder_separable
 
@@ -284,11 +286,69 @@ def test_check_names_each_key(tmp_path):
     assert deeplabv3plus.backbones(_model_config()) == ("backbone",)
     entry = Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
                    check=deeplabv3plus.check, defaults=deeplabv3plus.defaults)
-    assert isinstance(entry.build(_model_config(), 3), DeepLabV3Plus) and entry.extra_predictions({}) == {}
+    assert isinstance(entry.build(_model_config(), 3, {}), DeepLabV3Plus) and entry.extra_predictions({}) == {}
+    assert entry.dataset_facts(_model_config()) == {}  # no facts by default
     family = FAMILIES["deeplabv3plus"]
     assert family.train_output_stride(_model_config()) == 16
     assert family.train_output_stride(_model_config(output_stride=8)) == 8
     assert family.propagation(_model_config()) is None
+    assert family.dataset_facts(_model_config()) == {}  # no head: nothing to read
+
+
+def test_building_and_the_loss_read_no_data(tmp_path, monkeypatch):
+    """The head's statistics are handed in as facts (the family's `dataset_facts` reads them): with them, a model whose
+    dataset does not exist builds and its loss runs; the family's `dataset_facts` is where the dataset is read."""
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(affinity_stats, "split_stats", no_reading)
+    monkeypatch.setattr(affinity_stats, "count_split", no_reading)
+    config = _model_config(affinity_rates=(4, (2, 6)), affinity_stats_dataset="voc_aug",
+                           affinity_stats_data_dir=str(tmp_path / "no_such_data_dir"))
+    labels = jnp.asarray(_fixed_batch()["label"])
+    stats = affinity.count_neighbours(np.asarray(labels), deeplabv3plus.settings(config).affinity_rates)
+    facts = {"affinity_stats": stats}
+    model = deeplabv3plus.build(config, 3, facts)
+    assert model.affinity_bias_init == tuple(stats.positive_freq)
+    outputs = (jnp.zeros((2, 49, 49, 3)), {"affinity_logits": jnp.zeros((2, 49, 49, 8 * 3))})
+    _, terms = deeplabv3plus.loss(outputs, {"label": labels}, config, facts)  # sqrt: its weights read the facts
+    assert np.isfinite(float(terms["affinity"]))
+    with pytest.raises(ValueError, match=r"affinity head.*facts\['affinity_stats'\].*dataset_facts"):
+        deeplabv3plus.build(config, 3, {})
+    with pytest.raises(ValueError, match=r"rates \(\(4, 4\),\).*\(\(4, 4\), \(2, 6\), \(6, 2\)\)"):
+        deeplabv3plus.build(config, 3, {"affinity_stats": affinity.count_neighbours(np.asarray(labels), [(4, 4)])})
+    with pytest.raises(AssertionError, match="the dataset was read"):
+        FAMILIES["deeplabv3plus"].dataset_facts(config)
+    config.deeplabv3plus.affinity_stats_dataset = ""
+    with pytest.raises(ConfigError, match=r"affinity_stats_dataset is empty"):
+        FAMILIES["deeplabv3plus"].dataset_facts(config)
+
+
+def test_the_model_module_imports_no_data_reader():
+    """deeplabv3plus.py, and all it imports from the library, reach neither the statistics' reader nor the data
+    pipeline nor TFDS (read from the source: function-level imports included, but for the packages' `__init__`s,
+    whose functions load their names on first use)."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    seen, todo = set(), ["difnet_jax.models.deeplabv3plus"]
+    while todo:
+        name = todo.pop()
+        path = repo / (name.replace(".", "/") + ".py")
+        path = path if path.exists() else repo / name.replace(".", "/") / "__init__.py"
+        if name in seen or not path.exists():  # seen, or not a library module (a name in one, a third party)
+            seen.add(name)
+            continue
+        seen.add(name)
+        tree = ast.parse(path.read_text())
+        for node in tree.body if path.name == "__init__.py" else ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                todo += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    assert "difnet_jax.models.affinity" in seen and "difnet_jax.models.resnet" in seen  # the walk reads imports
+    readers = sorted(n for n in seen if n == "difnet_jax.models.affinity_stats"
+                     or n.startswith(("difnet_jax.data", "tensorflow_datasets", "grain")))
+    assert not readers, readers
 
 
 def _copied_data_dir(tiny_data_dir, tmp_path) -> str:
@@ -314,7 +374,7 @@ def test_statistics_are_counted_once_beside_the_dataset_not_in_the_working_direc
     config = _model_config(affinity_rates=spec, affinity_weighting="none", affinity_stats_dataset=TINY,
                            affinity_stats_data_dir=data_dir)
     deeplabv3plus.check(config)
-    model = deeplabv3plus.build(config, 4)  # counts the train split, once
+    model = deeplabv3plus.build(config, 4, FAMILIES["deeplabv3plus"].dataset_facts(config))  # counts, once
     path = affinity_stats.stats_path(TINY, data_dir)
     assert path.startswith(os.path.join(data_dir, "synthetic_shapes", "tiny")), path
     assert path.endswith(os.path.join("affinity_stats", "train.json")) and os.path.isfile(path)
@@ -363,7 +423,8 @@ def test_stats_script_writes_the_datasets_file_or_one_of_its_own(tiny_data_dir, 
     assert stats_script.compute_and_save(config, paper_rates=False, output=own) == own
     config.model.deeplabv3plus.affinity_stats = own
     deeplabv3plus.check(config.model)
-    np.testing.assert_allclose(deeplabv3plus.build(config.model, 4).affinity_bias_init,
+    np.testing.assert_allclose(deeplabv3plus.build(config.model, 4, affinity_stats.dataset_facts(config.model)
+                                                   ).affinity_bias_init,
                                [document["rates"]["3,3"]["pi"]])
 
 
@@ -405,7 +466,8 @@ def test_bias_init_and_short_training_lowers_both_losses(tmp_path):
     _write_stats(path, np.asarray(batch["label"]), (4, (2, 6)))
     config = _model_config(affinity_rates=(4, (2, 6)), affinity_stats=path)
     deeplabv3plus.check(config)
-    model = deeplabv3plus.build(config, 3)
+    facts = affinity_stats.dataset_facts(config)  # from the file `affinity_stats` names
+    model = deeplabv3plus.build(config, 3, facts)
     # an rbg key: XLA compiles threefry over every parameter far more slowly on CPU
     (first_logits, first_outputs), variables = jax.jit(
         lambda x: model.init_with_output(jax.random.key(0, impl="rbg"), x, train=False))(batch["image"])
@@ -417,16 +479,16 @@ def test_bias_init_and_short_training_lowers_both_losses(tmp_path):
     first_affinity = np.asarray(jax.nn.sigmoid(first_outputs["affinity_logits"])).reshape(2, 49, 49, 3, 8)
     np.testing.assert_allclose(first_affinity.mean(axis=(0, 1, 2, 4)), pis, atol=0.05)  # not 1 - pi
     # the family's loss reduces as configured: the other reading is 8|R| = 24 times the default's term
-    _, mean_terms = deeplabv3plus.loss((first_logits, first_outputs), batch, config)
+    _, mean_terms = deeplabv3plus.loss((first_logits, first_outputs), batch, config, facts)
     _, sum_terms = deeplabv3plus.loss((first_logits, first_outputs), batch, _model_config(
-        affinity_rates=(4, (2, 6)), affinity_stats=path, affinity_reduction="sum_over_pairs"))
+        affinity_rates=(4, (2, 6)), affinity_stats=path, affinity_reduction="sum_over_pairs"), facts)
     np.testing.assert_allclose(sum_terms["affinity"], 24 * mean_terms["affinity"], rtol=1e-5)
     optimizer = optax.adam(3e-3)
 
     def loss_fn(params, batch_stats, key):
         outputs, state = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
                                      mutable=["batch_stats"], rngs={"dropout": key})
-        total, terms = deeplabv3plus.loss(outputs, batch, config)
+        total, terms = deeplabv3plus.loss(outputs, batch, config, facts)
         return total, (terms, state["batch_stats"])
 
     @jax.jit

@@ -9,10 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from difnet_jax.data.normalization import IMAGENET
 from difnet_jax.evaluation import crf, evaluator, metrics, report
 from difnet_jax.evaluation.evaluator import EvalOptions, sliding_window_probabilities, window_starts
 from difnet_jax.models import FAMILIES, deeplabv3plus
 from difnet_jax.models.deeplabv3plus import DeepLabV3Plus
+
+_options = functools.partial(EvalOptions, normalization=IMAGENET)  # normalization is required: these read ImageNet's
 
 
 def _contextual_probabilities(images):
@@ -84,7 +87,7 @@ def test_dict_heads_go_through_multiscale_and_windows_alike():
     ("sliding", [(1024, 2048)], (1025, 2049)),
 ])
 def test_canvas_of_each_mode(mode, sizes, expected):
-    options = EvalOptions(mode=mode, eval_size=97, window=81, stride=54)
+    options = _options(mode=mode, eval_size=97, window=81, stride=54)
     assert options.canvas(sizes) == expected
     assert all((side - 1) % 8 == 0 for side in expected)  # sizes the networks take
 
@@ -92,8 +95,8 @@ def test_canvas_of_each_mode(mode, sizes, expected):
 def test_pad_canvas_refuses_a_larger_image_by_name():
     source = [{"image": np.zeros((120, 90, 3), np.uint8), "label": np.zeros((120, 90, 1), np.uint8), "id": b"big_1"}]
     with pytest.raises(ValueError, match="'big_1'.*larger than the evaluation canvas 97x97"):
-        next(evaluator.eval_batches_with_sizes(source, batch_size=1, options=EvalOptions(eval_size=97)))
-    batch = next(evaluator.eval_batches_with_sizes(source, batch_size=2, options=EvalOptions(mode="whole")))
+        next(evaluator.eval_batches_with_sizes(source, batch_size=1, options=_options(eval_size=97)))
+    batch = next(evaluator.eval_batches_with_sizes(source, batch_size=2, options=_options(mode="whole")))
     assert batch["image"].shape == (2, 129, 97, 3) and batch["count"] == 1
     assert (batch["label"][1] == 255).all() and (batch["label"][0, 120:] == 255).all()
 
@@ -155,7 +158,7 @@ def _model_config():
 
 
 def _model():
-    """Built directly (the family's `build` reads the train set's statistics): pi = 0.3 at each of the 3 rates."""
+    """Built directly (the family's `build` takes the train set's statistics as facts): pi = 0.3 at each rate."""
     return DeepLabV3Plus(K, depth=18, width=8, affinity_rates=RATES, affinity_bias_init=(0.3, 0.3, 0.3))
 
 
@@ -197,8 +200,8 @@ def _evaluate(affinity_model, options, refinements):
 
 def test_sliding_with_one_window_equals_whole_with_propagation(affinity_model):
     refinements = report.propagation_refinements(affinity_model[0], (1, 3), (2,))
-    whole, whole_heads = _evaluate(affinity_model, EvalOptions(mode="whole"), refinements)
-    sliding, sliding_heads = _evaluate(affinity_model, EvalOptions(mode="sliding", window=65, stride=32), refinements)
+    whole, whole_heads = _evaluate(affinity_model, _options(mode="whole"), refinements)
+    sliding, sliding_heads = _evaluate(affinity_model, _options(mode="sliding", window=65, stride=32), refinements)
     assert set(whole.head_confusions) == {"propagate_T1", "propagate_T3", "oracle_T2"}
     np.testing.assert_array_equal(sliding.confusion, whole.confusion)
     np.testing.assert_array_equal(sliding.predictions, whole.predictions)
@@ -213,7 +216,7 @@ def test_sliding_with_one_window_equals_whole_with_propagation(affinity_model):
 
 def test_propagation_over_overlapping_windows_is_valid(affinity_model):
     refinements = report.propagation_refinements(affinity_model[0], (10,), (10,))
-    options = EvalOptions(mode="sliding", window=49, stride=16)  # canvas 65: 2 x 2 windows
+    options = _options(mode="sliding", window=49, stride=16)  # canvas 65: 2 x 2 windows
     assert len(window_starts(65, 49, 16)) == 2
     result, heads = _evaluate(affinity_model, options, refinements)
     labelled = sum(int((e["label"] != 255).sum()) for e in affinity_model[3])
@@ -228,7 +231,7 @@ def test_propagation_over_overlapping_windows_is_valid(affinity_model):
 
 def test_refinements_refuse_multiscale_and_flip_by_flag(affinity_model):
     refinements = report.propagation_refinements(affinity_model[0], (), (1,))
-    for options in (EvalOptions(mode="sliding", scales=(0.5, 1.0)), EvalOptions(flip=True)):
+    for options in (_options(mode="sliding", scales=(0.5, 1.0)), _options(flip=True)):
         with pytest.raises(ValueError, match="single-scale, unflipped.*--scales/--flip"):
             evaluator.Evaluator(affinity_model[1], None, K, options, refinements=refinements)
 
@@ -239,14 +242,14 @@ def test_equal_evaluators_compile_once(affinity_model, monkeypatch):
     counted = evaluator.heads_and_intermediates
     monkeypatch.setattr(evaluator, "heads_and_intermediates", lambda *a: traces.append(1) or counted(*a))
     evaluator._network_function.cache_clear()
-    options = EvalOptions(mode="whole")
+    options = _options(mode="whole")
     first, second = (evaluator.Evaluator(_model(), FAMILIES["deeplabv3plus"], K, options) for _ in range(2))
     assert first.model is not second.model and first._network is second._network
     assert first._confusions is second._confusions
     for ev in (first, second):
         ev.evaluate(variables, source, batch_size=2, log_progress=False)
     assert len(traces) == 1  # one trace (one canvas shape), one compilation, for both instances
-    other = evaluator.Evaluator(first.model, FAMILIES["deeplabv3plus"], K, EvalOptions(mode="sliding", window=65))
+    other = evaluator.Evaluator(first.model, FAMILIES["deeplabv3plus"], K, _options(mode="sliding", window=65))
     assert other._network is not first._network
 
 
@@ -254,7 +257,7 @@ def test_crf_timing_runs_on_the_eval_modes_canvas():
     """The CRF's timing once built a "pad" canvas: an image larger than eval_size (Cityscapes) failed after the run."""
     source = [{"image": np.zeros((40, 60, 3), np.uint8), "label": np.zeros((40, 60), np.uint8), "id": b"wide"}]
     params = crf.CRFParams(iterations=1, max_senders=400)
-    timed = report.crf_timing(params, EvalOptions(mode="sliding", eval_size=33, window=33, stride=16), 3, source,
+    timed = report.crf_timing(params, _options(mode="sliding", eval_size=33, window=33, stride=16), 3, source,
                               runs=1)
     assert timed["crf_sender_stride"] == crf.sender_stride(65, 65, 400) != crf.sender_stride(33, 33, 400)
     assert timed["crf_seconds_per_image"] > 0

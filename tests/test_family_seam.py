@@ -36,8 +36,9 @@ class OneConv(nn.Module):
 
 
 TOY = Family(
-    build=lambda model, num_classes: OneConv(num_classes, features=model.toy.features),
+    build=lambda model, num_classes, facts: OneConv(num_classes, features=facts["features"]),
     loss=segmentation_loss,
+    dataset_facts=lambda model: {"features": model.toy.features},  # what build reads, handed in by the caller
     backbones=lambda model: (),
     check=lambda model: None,
     defaults=lambda: ml_collections.ConfigDict({"features": 4, "impl": "plain"}),

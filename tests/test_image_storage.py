@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
 
 from difnet_jax.data import example_files, image_storage, pipeline
+from difnet_jax.data.normalization import IMAGENET
 from difnet_jax.user_errors import ConfigError
 from tests.helpers import TINY
 from tests.test_more_datasets import CITYSCAPES_SPLITS, make_cityscapes_tree
@@ -48,7 +49,7 @@ def test_png_release_stored_uncompressed_decodes_to_its_pixels(cityscapes):
             np.frombuffer(released[image_id]["image"], np.uint8), cv2.IMREAD_COLOR))
     files = list((data_dirs["uncompressed"] / "cityscapes_fine/1.0.0").glob("*-train.array_record*"))
     assert sum(f.stat().st_size for f in files) > sum(len(r["image"]) for r in uncompressed.values())  # uncompressed
-    transform = pipeline.TrainTransform(15)  # the same draws give the same crops, exactly
+    transform = pipeline.TrainTransform(15, normalization=IMAGENET)  # the same draws give the same crops, exactly
     for image_id in uncompressed:
         a, b = (transform.random_map(r[image_id], np.random.default_rng(3)) for r in (released, uncompressed))
         np.testing.assert_array_equal(a["image"], b["image"])

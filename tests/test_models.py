@@ -118,10 +118,10 @@ def test_transition_affinity_term_only_when_asked():
     labels[:, :, 17:] = 1
     variables = model.init(jax.random.PRNGKey(1), x, train=False)
     outputs = model.apply(variables, x, train=False)
-    total, terms = FAMILIES["difnet"].loss(outputs, {"image": x, "label": labels}, config.model)
+    total, terms = FAMILIES["difnet"].loss(outputs, {"image": x, "label": labels}, config.model, {})
     assert set(terms) == {"ce"} and float(total) == float(terms["ce"])
     config.model.difnet.affinity_on_transitions = True
     config.model.difnet.transition_affinity_beta = 0.5
-    total, terms = FAMILIES["difnet"].loss(outputs, {"image": x, "label": labels}, config.model)
+    total, terms = FAMILIES["difnet"].loss(outputs, {"image": x, "label": labels}, config.model, {})
     assert set(terms) == {"ce", "transition_affinity"} and np.isfinite(float(terms["transition_affinity"]))
     np.testing.assert_allclose(float(total), float(terms["ce"] + 0.5 * terms["transition_affinity"]), rtol=1e-6)

@@ -321,7 +321,7 @@ def _model_cfg(weight=1.0, modules=1):
 def test_loss_counts_each_term_once_and_weight_zero_removes_the_layer_terms(tiny_variables):
     model, batch, variables = _tiny_pdn(modules=2), _batch(), tiny_variables[2]
     outputs = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch["image"])
-    total, terms = pdn.loss(outputs, batch, _model_cfg(0.5, modules=2))
+    total, terms = pdn.loss(outputs, batch, _model_cfg(0.5, modules=2), {})
     assert sorted(terms) == sorted(["ce", *(f"layer{t}_ce" for t in range(1, 9))])
     np.testing.assert_allclose(terms["ce"], losses.cross_entropy(outputs[0], batch["label"]), rtol=1e-6)
     for t, layer in enumerate(outputs[1]["layer_logits"], start=1):
@@ -335,7 +335,7 @@ def test_loss_counts_each_term_once_and_weight_zero_removes_the_layer_terms(tiny
 
     def grads(params):  # weights 0 and 1 in one compilation, on the 1M model
         outputs = lambda p: one_module.apply({**one_variables, "params": p}, batch["image"], train=False)
-        return [jax.grad(lambda p, w=w: pdn.loss(outputs(p), batch, _model_cfg(w))[0])(params) for w in (0.0, 1.0)]
+        return [jax.grad(lambda p, w=w: pdn.loss(outputs(p), batch, _model_cfg(w), {})[0])(params) for w in (0.0, 1.0)]
 
     zero, one = jax.jit(grads)(one_variables["params"])
     max_abs = lambda tree: max(float(jnp.abs(a).max()) for a in jax.tree.leaves(tree))
@@ -359,7 +359,7 @@ def test_short_training_lowers_every_loss_term(tiny_variables):
         def fn(p):
             outputs, updates = model.apply({"params": p, "batch_stats": batch_stats}, batch["image"], train=True,
                                            mutable=["batch_stats"])
-            total, terms = pdn.loss(outputs, batch, cfg)
+            total, terms = pdn.loss(outputs, batch, cfg, {})
             return total, (terms, updates["batch_stats"])
 
         (_, (terms, new_stats)), grads = jax.value_and_grad(fn, has_aux=True)(params)
@@ -397,17 +397,17 @@ def test_family_defaults_check_build_backbones_and_extra_predictions():
     for key in ("impl", "init", "reduction"):
         del old.pdn[key]
     assert pdn.settings(old) == pdn.Settings(24, 1, 256, 1.0, "patches", "caffe_std", "conv")
-    built = pdn.build(old, 5)
+    built = pdn.build(old, 5, {})
     assert (built.impl, built.init_std, built.reduction) == ("patches", 0.01, "conv")
     cfg.pdn.update(neighbors=8, modules=2, d=16, impl="conv")
-    model = pdn.build(cfg, 5)
+    model = pdn.build(cfg, 5, {})
     assert (model.neighbors, model.num_modules, model.d, model.depth, model.width) == (8, 2, 16, 18, 4)
     assert model.impl == "conv"
     assert model.dtype == np.float32 and not model.frozen_bn
     cfg.update(dtype="bfloat16", frozen_backbone_bn=True)
-    assert pdn.build(cfg, 5).dtype == jnp.bfloat16 and not pdn.build(cfg, 5).frozen_bn  # nothing pretrained
+    assert pdn.build(cfg, 5, {}).dtype == jnp.bfloat16 and not pdn.build(cfg, 5, {}).frozen_bn  # nothing pretrained
     cfg.backbone_init = "imagenet"
-    assert pdn.build(cfg, 5).frozen_bn
+    assert pdn.build(cfg, 5, {}).frozen_bn
     assert pdn.backbones(cfg) == ("backbone",) == pdn.PDN.backbones
     layers = tuple(jnp.full((1, 3, 3, 5), t, jnp.float32) for t in range(8))
     extra = pdn.extra_predictions({"score_map": layers[0], "layer_logits": layers})
@@ -421,7 +421,7 @@ def test_both_readings_of_the_init_give_their_std(reading, std):
     empirical std (and mean 0), through the config key and the family's build; biases start at 0."""
     cfg = _model_cfg()
     cfg.pdn.update(init=reading, d=64)
-    model = pdn.build(cfg, 5)
+    model = pdn.build(cfg, 5, {})
     assert model.init_std == std
     module = pdn.DiffusionModule(24, 4, init_std=model.init_std)
     params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 3, 64)))["params"]

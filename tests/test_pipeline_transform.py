@@ -70,7 +70,7 @@ def _bound(image: np.ndarray) -> float:
 # directions); 97: either, and padding in one direction only
 @pytest.mark.parametrize("crop", [33, 97, 161])
 def test_same_draws_windows_and_labels_as_resize_then_crop(crop):
-    transform = pipeline.TrainTransform(crop)
+    transform = pipeline.TrainTransform(crop, normalization=IMAGENET)
     flips, enlarged, shrunk, padded_some, off_by_more_than_one, pixels = set(), 0, 0, 0, 0, 0
     for index in range(24):
         image, label = _scene(index)
@@ -108,14 +108,15 @@ def test_padding_fills_the_mean_colour_and_void():
     image, label = _scene(0)
     crop = 161  # larger than any scaled image: padding on the bottom and on the right (on the left once flipped)
     for flip in (False, True):
-        window, window_label = pipeline.scaled_crop(image, label, (100, 120), 0, 0, crop, flip)
+        window, window_label = pipeline.scaled_crop(image, label, (100, 120), 0, 0, crop, flip, fill=IMAGENET.fill)
         assert window.shape == (crop, crop, 3) and window_label.shape == (crop, crop)
         columns = slice(0, crop - 120) if flip else slice(120, crop)
         image_columns = slice(crop - 120, crop) if flip else slice(0, 120)
         assert (window[100:] == IMAGENET.fill).all() and (window[:, columns] == IMAGENET.fill).all()
         assert (window_label[100:] == IGNORE_LABEL).all() and (window_label[:, columns] == IGNORE_LABEL).all()
         assert (window_label[:100, image_columns] != IGNORE_LABEL).any()
-        wide = pipeline.scaled_crop(image, label.astype(np.int32), (100, 120), 0, 0, crop, flip)[1]  # np.pad's path
+        wide = pipeline.scaled_crop(image, label.astype(np.int32), (100, 120), 0, 0, crop, flip,
+                              fill=IMAGENET.fill)[1]  # np.pad's path
         assert wide.dtype == np.int32 and np.array_equal(wide, window_label)
 
 
@@ -136,7 +137,8 @@ def test_the_transform_pads_and_normalises_as_configured():
         on_device = np.asarray(jax.jit(normalization.apply_on_device)(out["image"][None]))[0]
         np.testing.assert_array_equal(on_device, normalization.apply(out["image"]))
         np.testing.assert_allclose(on_device[padded], 0.0, atol=0.6)
-        reference = pipeline.TrainTransform(161, 0.5, 0.51).random_map(dict(element), np.random.default_rng(0))
+        reference = pipeline.TrainTransform(161, 0.5, 0.51, normalization=IMAGENET).random_map(
+            dict(element), np.random.default_rng(0))
         unpadded = out["label"] != IGNORE_LABEL  # image pixels (padding is void; so is the scenes' void band)
         np.testing.assert_array_equal(out["image"][unpadded], reference["image"][unpadded])
 
@@ -144,8 +146,9 @@ def test_the_transform_pads_and_normalises_as_configured():
 def test_flip_mirrors_the_window():
     image, label = _scene(3)
     for scaled, top, left, crop in (((130, 110), 20, 30, 65), ((60, 50), 0, 0, 65), ((144, 120), 40, 55, 65)):
-        plain, plain_label = pipeline.scaled_crop(image, label, scaled, top, left, crop)
-        mirrored, mirrored_label = pipeline.scaled_crop(image, label, scaled, top, left, crop, flip=True)
+        plain, plain_label = pipeline.scaled_crop(image, label, scaled, top, left, crop, fill=IMAGENET.fill)
+        mirrored, mirrored_label = pipeline.scaled_crop(image, label, scaled, top, left, crop, flip=True,
+                                                        fill=IMAGENET.fill)
         np.testing.assert_array_equal(mirrored_label, plain_label[:, ::-1])
         assert np.abs(mirrored.astype(int) - plain[:, ::-1]).max() <= _bound(image)
 
@@ -153,7 +156,7 @@ def test_flip_mirrors_the_window():
 def test_window_outside_the_scaled_image_is_refused():
     image, label = _scene(0)
     with pytest.raises(ValueError, match="outside"):
-        pipeline.scaled_crop(image, label, (50, 40), 50, 0, 33)
+        pipeline.scaled_crop(image, label, (50, 40), 50, 0, 33, fill=IMAGENET.fill)
 
 
 def test_nearest_indices_are_pils():
@@ -200,7 +203,7 @@ def test_the_loader_decodes_the_stored_bytes_itself(tiny_data_dir):
     encoded = pipeline.encoded_images(source)
     assert isinstance(encoded[0]["image"], bytes) and isinstance(encoded[0]["label"], bytes)
     assert pipeline.encoded_images(encoded) is encoded and pipeline.encoded_images([]) == []
-    transform = pipeline.TrainTransform(65)
+    transform = pipeline.TrainTransform(65, normalization=IMAGENET)
     for index in range(4):  # PNG: the same pixels as TFDS's decode, so the same outputs
         from_bytes = transform.random_map(encoded[index], np.random.default_rng(index))
         from_arrays = transform.random_map(source[index], np.random.default_rng(index))
@@ -214,7 +217,7 @@ def test_jpeg_bytes_decode_as_pil_does():
     Image.fromarray(image).save(jpeg, format="JPEG", quality=90)
     Image.fromarray(label).save(png, format="PNG")
     decoded = np.asarray(Image.open(jpeg))  # TFDS's decoder without OpenCV
-    transform = pipeline.TrainTransform(57)
+    transform = pipeline.TrainTransform(57, normalization=IMAGENET)
     for seed in range(6):  # both libjpeg-turbo: the same pixels, give or take a grey level
         from_bytes = transform.random_map({"image": jpeg.getvalue(), "label": png.getvalue()},
                                           np.random.default_rng(seed))
@@ -226,7 +229,7 @@ def test_jpeg_bytes_decode_as_pil_does():
 def test_unreadable_bytes_are_refused():
     image, label = _scene(0)
     with pytest.raises(ValueError, match="not a readable PNG, JPEG or BMP"):
-        pipeline.TrainTransform(33).random_map({"image": b"not an image", "label": label},
+        pipeline.TrainTransform(33, normalization=IMAGENET).random_map({"image": b"not an image", "label": label},
                                                np.random.default_rng(0))
 
 
@@ -250,9 +253,9 @@ def test_a_16_bit_rgb_png_is_stored_as_pil_reads_it(tmp_path):
 def test_scale_step_draws_the_references_discrete_scales():
     """data.scale_step 0.25 over (0.5, 2.0): each of 0.5, 0.75, ..., 2.0 (DeepLabv3+'s get_random_scale); 0: uniform."""
     rng = np.random.default_rng(0)
-    stepped = pipeline.TrainTransform(33, 0.5, 2.0, scale_step=0.25)
+    stepped = pipeline.TrainTransform(33, 0.5, 2.0, scale_step=0.25, normalization=IMAGENET)
     drawn = [stepped.draw_scale(rng) for _ in range(700)]
     assert sorted(set(drawn)) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     assert min(drawn.count(s) for s in set(drawn)) > 60  # about 100 each
-    uniform = [pipeline.TrainTransform(33, 0.5, 2.0).draw_scale(rng) for _ in range(200)]
+    uniform = [pipeline.TrainTransform(33, 0.5, 2.0, normalization=IMAGENET).draw_scale(rng) for _ in range(200)]
     assert len(set(uniform)) == 200 and 0.5 <= min(uniform) and max(uniform) < 2.0

@@ -12,6 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from difnet_jax.data import pipeline
+from difnet_jax.data.normalization import IMAGENET
 from difnet_jax.drawing import visualize
 from difnet_jax.drawing.pictures import HEADER_HEIGHT, ValidationPictures, example_indices
 from difnet_jax.evaluation.evaluator import EvalOptions
@@ -112,7 +113,8 @@ def test_pictures_show_the_panels_the_family_draws():
               for _ in range(3)]
     family = dataclasses.replace(FAMILIES["pdn"], pictures=lambda intermediates: (
         pdn.extra_predictions(intermediates), deeplabv3plus.pictures(intermediates)[1]))
-    pictures = ValidationPictures(_StubModel(), family, source, EvalOptions(eval_size=33), count=2)
+    options = EvalOptions(eval_size=33, normalization=IMAGENET)
+    pictures = ValidationPictures(_StubModel(), family, source, options, count=2)
     rendered = pictures.render({})
     assert sorted(rendered) == ["val/pictures/0", "val/pictures/2"]
     picture = rendered["val/pictures/2"]

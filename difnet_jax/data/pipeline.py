@@ -31,7 +31,7 @@ import difnet_jax.data  # noqa: F401  (registers the builders)
 from difnet_jax.constants import IGNORE_LABEL
 from difnet_jax.data import image_storage as _storage
 from difnet_jax.data import tfds_side_effects
-from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.data.normalization import Normalization
 
 cv2.setNumThreads(0)  # see the module's docstring: one thread per grain worker
 
@@ -178,13 +178,12 @@ def nearest_indices(size: int, scaled_size: int) -> np.ndarray:
 
 
 def scaled_crop(image: np.ndarray, label: np.ndarray, scaled_size: tuple[int, int], top: int, left: int,
-                crop_size: int, flip: bool = False, fill: tuple[int, int, int] = IMAGENET.fill,
-                ) -> tuple[np.ndarray, np.ndarray]:
+                crop_size: int, flip: bool = False, *, fill: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The crop_size x crop_size window at (top, left) of `image` and `label` resized to `scaled_size`, computed alone.
 
     Same result as resizing the whole image and label to scaled_size = (height, width), padding them bottom/right to
-    at least crop_size (image with `fill`, the mean colour, label with 255), cropping at (top, left) and, if `flip`,
-    mirroring the crop left-right; but only the window's pixels are interpolated.
+    at least crop_size (image with `fill`, the input's mean colour `Normalization.fill`, label with 255), cropping
+    at (top, left) and, if `flip`, mirroring the crop left-right; but only the window's pixels are interpolated.
 
     The image is resampled bilinearly from the source pixels around each window pixel's centre, mapped back as
     (x + 0.5) * width_in / width_out - 0.5 (the pixel-centre convention of cv2.resize and PIL): `cv2.warpAffine`,
@@ -246,7 +245,8 @@ class TrainTransform(grain.transforms.RandomMap):
     crop_size: int
     min_scale: float = 0.5
     max_scale: float = 1.5
-    normalization: Normalization = IMAGENET  # config.data.normalization (`normalization.of_config`)
+    # config.data.normalization (`normalization.of_config`): required, so that no path pads with another's colour
+    normalization: Normalization = dataclasses.field(kw_only=True)
     scale_step: float = 0.0  # config.data.scale_step: 0 = any scale in [min_scale, max_scale)
 
     def draw_scale(self, rng: np.random.Generator) -> float:
@@ -273,7 +273,7 @@ class TrainTransform(grain.transforms.RandomMap):
         left = rng.integers(0, max(width, crop) - crop + 1)
         flip = rng.uniform() < 0.5
         fill = self.normalization.fill[::-1] if bgr else self.normalization.fill
-        image, label = scaled_crop(image, label, (height, width), int(top), int(left), crop, bool(flip), fill)
+        image, label = scaled_crop(image, label, (height, width), int(top), int(left), crop, bool(flip), fill=fill)
         if bgr:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return {"image": image, "label": label.astype(np.int32)}

@@ -43,7 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 from difnet_jax.constants import EVAL_MODES, IGNORE_LABEL, OUTPUT_STRIDE
 from difnet_jax.data import pipeline
-from difnet_jax.data.normalization import IMAGENET, Normalization
+from difnet_jax.data.normalization import Normalization
 from difnet_jax.data.normalization import of_config as normalization_of
 from difnet_jax.evaluation import metrics
 from difnet_jax.models.family import Family
@@ -218,7 +218,8 @@ class EvalOptions:
     stride: int = 214  # "sliding": pixels between windows
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    normalization: Normalization = IMAGENET  # how images become the network's input (config.data.normalization)
+    # How images become the network's input (config.data.normalization): required, so that no path feeds another.
+    normalization: Normalization = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
         if self.mode not in EVAL_MODES:
@@ -246,14 +247,12 @@ class EvalOptions:
         return height, width
 
 
-def eval_batches_with_sizes(data_source, *, batch_size: int, eval_size: int | None = None,
-                            options: EvalOptions | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches_with_sizes(data_source, *, batch_size: int, options: EvalOptions) -> Iterator[dict[str, np.ndarray]]:
     """Padded batches in order with each image's 'size' (h, w) and 'id'; void fillers have size (0, 0).
 
-    The canvas is `options.canvas` of the batch's sizes (or eval_size x eval_size); "pad"
-    refuses an image larger than its canvas, naming it.
+    The canvas is `options.canvas` of the batch's sizes; "pad" refuses an image larger than its canvas,
+    naming it. Images are padded with, and normalised by, `options.normalization`.
     """
-    options = options or EvalOptions(eval_size=eval_size)
     for start in range(0, len(data_source), batch_size):
         elements = [data_source[i] for i in range(start, min(start + batch_size, len(data_source)))]
         sizes = [tuple(e["image"].shape[:2]) for e in elements]

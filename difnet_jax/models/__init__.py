@@ -13,9 +13,9 @@ import importlib
 
 _EXPORTS = {
     "FAMILIES": "families", "Family": "family", "build_model": "families", "family_of": "families",
-    "pretrained_backbones": "families", "DeepLabV3Plus": "deeplabv3plus", "DifNet": "difnet", "PDN": "pdn",
-    "SimDeepLab": "simdeeplab", "ResNet": "resnet", "ResNet18": "resnet", "ResNet34": "resnet",
-    "ResNet50": "resnet", "ResNet101": "resnet",
+    "dataset_facts": "families", "pretrained_backbones": "families", "DeepLabV3Plus": "deeplabv3plus",
+    "DifNet": "difnet", "PDN": "pdn", "SimDeepLab": "simdeeplab", "ResNet": "resnet", "ResNet18": "resnet",
+    "ResNet34": "resnet", "ResNet50": "resnet", "ResNet101": "resnet",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,20 +11,26 @@ split and a rate, not of a run, so they live beside the prepared TFDS dataset:
 split's full-size label maps (logging its progress), merging them into the file. Nothing is read
 from or written to the working directory. `python -m experiments.affinity_stats` counts ahead of
 time (also the paper's other rates) and draws Fig. 3 beside the file.
+
+`dataset_facts` is DeepLabv3+'s `Family.dataset_facts`: the statistics its affinity head's build and
+loss are handed (so that building the model reads no data).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 
 from difnet_jax.constants import IGNORE_LABEL
-from difnet_jax.models import affinity
+from difnet_jax.models import affinity, deeplabv3plus
+from difnet_jax.user_errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +131,25 @@ def split_stats(data_name: str, data_dir: str, rates: Sequence[affinity.Rate], s
                           "`python -m experiments.affinity_stats --output=FILE`") from error
         log.info("Wrote the affinity statistics of rates %s to %s.", list(missing), path)
     return affinity.stats_from_json(document["rates"], rates, path), path
+
+
+@functools.lru_cache(maxsize=16)
+def _stored_statistics(dataset: str, data_dir: str, rates: tuple[affinity.Rate, ...]) -> affinity.AffinityStats:
+    return split_stats(dataset, data_dir, rates)[0]
+
+
+def dataset_facts(model: ml_collections.ConfigDict) -> dict[str, affinity.AffinityStats]:
+    """{"affinity_stats": the train set's statistics of the affinity head's rates}, {} without a head: from the file
+    `model.deeplabv3plus.affinity_stats` names, else the ones stored with the prepared dataset `affinity_stats_dataset`
+    (`split_stats`: counted there the first time, with progress)."""
+    own = deeplabv3plus.settings(model)
+    if not own.affinity_rates:
+        return {}
+    if own.affinity_stats:
+        return {"affinity_stats": affinity.load_stats(own.affinity_stats, own.affinity_rates)}
+    key = f"config.model.{deeplabv3plus.NAME}"
+    if not own.affinity_stats_dataset:
+        raise ConfigError(f"{key}.affinity_stats_dataset is empty: name the dataset whose train split's statistics "
+                          f"the affinity head uses, or set {key}.affinity_stats to a file")
+    return {"affinity_stats": _stored_statistics(own.affinity_stats_dataset, own.affinity_stats_data_dir,
+                                                 own.affinity_rates)}

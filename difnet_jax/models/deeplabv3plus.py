@@ -31,7 +31,9 @@ channel counts are given at width 64 and scale with it, `channels * width // 64`
 Affinity head (with `affinity_rates`): a 1x1 conv with 8|R| channels beside the classifier on the
 decoder's features, upsampled bilinearly like the logits (rates are in input pixels), returned
 pre-sigmoid as intermediates["affinity_logits"]; its bias starts at logit(pi_r) from the train
-set's statistics (`statistics`); layout and loss in `difnet_jax.models.affinity`.
+set's statistics, which `build` and `loss` are handed as facts["affinity_stats"] (read by
+`affinity_stats.dataset_facts`, the family's `dataset_facts`: building reads no data); layout and
+loss in `difnet_jax.models.affinity`.
 
 Differences from the reference that remain: the stem is torchvision's 7x7 conv (the reference's
 "beta" ResNets have three 3x3 convs), tied to the torchvision ImageNet weights; the decoder's
@@ -46,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -57,10 +59,10 @@ import numpy as np
 
 from difnet_jax import losses
 from difnet_jax.constants import COMPUTE_DTYPES
-from difnet_jax.models import affinity, affinity_stats, family
+from difnet_jax.models import affinity, family
 from difnet_jax.models.resize import resize_bilinear
 from difnet_jax.models.resnet import STAGE_SIZES, STAGE_STRIDE_DILATION, ResNet
-from difnet_jax.user_errors import ConfigError, positive_int, require
+from difnet_jax.user_errors import positive_int, require
 
 STATS_COMMAND = "python -m experiments.affinity_stats --config=<this run's --config and overrides>"
 
@@ -107,20 +109,19 @@ class ASPPv3(nn.Module):
     Image pooling averages the whole feature map (the reference's image_pooling_crop_size None:
     the crop's whole grid), then 1x1 conv + BN + ReLU, broadcast back to the grid. `dropout` (the
     reference's keep_prob 0.9 after the projection, model.py) draws from the 'dropout' rng in training.
+    `unit`: `ConvBNReLU` with its BatchNorm decay, separable flag and dtype bound (flax imagenet's `ModuleDef`).
     """
 
     channels: int = 256
     rates: Sequence[int] = (6, 12, 18)
-    momentum: float = 0.9997
-    separable: bool = False
+    unit: Callable[..., ConvBNReLU] = ConvBNReLU
     dropout: float = 0.1
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        unit = functools.partial(ConvBNReLU, self.channels, momentum=self.momentum, dtype=self.dtype)
+        unit = functools.partial(self.unit, self.channels)
         branches = [unit(1, name="conv1x1")(x, train=train)]
-        branches += [unit(3, dilation=r, separable=self.separable, name=f"conv3x3_{i}")(x, train=train)
+        branches += [unit(3, dilation=r, name=f"conv3x3_{i}")(x, train=train)
                      for i, r in enumerate(self.rates)]
         pooled = unit(1, name="image_pool")(x.mean(axis=(1, 2), keepdims=True), train=train)
         branches.append(jnp.broadcast_to(pooled, x.shape[:3] + (self.channels,)))
@@ -129,22 +130,22 @@ class ASPPv3(nn.Module):
 
 
 class Decoder(nn.Module):
-    """DeepLabv3+'s decoder: ASPP output upsampled to stride 4, + 1x1 projection of layer1, two 3x3 convs."""
+    """DeepLabv3+'s decoder: ASPP output upsampled to stride 4, + 1x1 projection of layer1, two 3x3 convs.
+
+    `unit`: as `ASPPv3`'s.
+    """
 
     channels: int = 256
     low_level_channels: int = 48
-    momentum: float = 0.9997
-    separable: bool = False
-    dtype: Any = jnp.float32
+    unit: Callable[..., ConvBNReLU] = ConvBNReLU
 
     @nn.compact
     def __call__(self, x, low_level, *, train: bool):
-        unit = functools.partial(ConvBNReLU, momentum=self.momentum, dtype=self.dtype)
-        low = unit(self.low_level_channels, 1, name="low_level")(low_level, train=train)
-        x = resize_bilinear(x, low.shape[1:3]).astype(self.dtype)
+        low = self.unit(self.low_level_channels, 1, name="low_level")(low_level, train=train)
+        x = resize_bilinear(x, low.shape[1:3]).astype(low.dtype)
         x = jnp.concatenate([x, low], axis=-1)
-        x = unit(self.channels, 3, separable=self.separable, name="conv1")(x, train=train)
-        return unit(self.channels, 3, separable=self.separable, name="conv2")(x, train=train)
+        x = self.unit(self.channels, 3, name="conv1")(x, train=train)
+        return self.unit(self.channels, 3, name="conv2")(x, train=train)
 
 
 def _scaled(channels: int, width: int) -> int:
@@ -200,12 +201,13 @@ class DeepLabV3Plus(nn.Module):
                           layout=self.resnet_layout, name="backbone")
         features = backbone(images, train=train)
         rates = tuple(r * 16 // stride for r in self.aspp_rates)  # doubled at OS 8
-        x = ASPPv3(_scaled(self.aspp_channels, self.width), rates, momentum=self.bn_momentum,
-                   separable=self.aspp_separable, dropout=self.aspp_dropout, dtype=self.dtype, name="aspp")(
+        unit = functools.partial(ConvBNReLU, momentum=self.bn_momentum, dtype=self.dtype)
+        x = ASPPv3(_scaled(self.aspp_channels, self.width), rates, unit=functools.partial(
+            unit, separable=self.aspp_separable), dropout=self.aspp_dropout, name="aspp")(
             features["layer4"], train=train)
         x = Decoder(_scaled(self.decoder_channels, self.width), _scaled(self.low_level_channels, self.width),
-                    momentum=self.bn_momentum, separable=self.decoder_separable, dtype=self.dtype,
-                    name="decoder")(x, features["layer1"], train=train)
+                    unit=functools.partial(unit, separable=self.decoder_separable), name="decoder")(
+            x, features["layer1"], train=train)
         size = images.shape[1:3]
         score_map = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="classifier")(x)
         logits = resize_bilinear(score_map.astype(jnp.float32), size)
@@ -343,23 +345,16 @@ def settings(model: ml_collections.ConfigDict) -> Settings:
     )
 
 
-@functools.lru_cache(maxsize=16)
-def _stored_statistics(dataset: str, data_dir: str, rates: tuple[affinity.Rate, ...]) -> affinity.AffinityStats:
-    return affinity_stats.split_stats(dataset, data_dir, rates)[0]
-
-
-def statistics(model: ml_collections.ConfigDict) -> affinity.AffinityStats:
-    """The train set's statistics of the head's rates: from `affinity_stats` when it names a file, else the ones
-    stored with the prepared dataset, counted there the first time (`affinity_stats.split_stats`, with progress)."""
-    own = settings(model)
-    if not own.affinity_rates:
-        raise ValueError(f"config.model.{NAME} has no affinity head (affinity_rates is empty): no statistics")
-    if own.affinity_stats:
-        return affinity.load_stats(own.affinity_stats, own.affinity_rates)
-    if not own.affinity_stats_dataset:
-        raise ConfigError(f"config.model.{NAME}.affinity_stats_dataset is empty: name the dataset whose train split's "
-                          f"statistics the affinity head uses, or set config.model.{NAME}.affinity_stats to a file")
-    return _stored_statistics(own.affinity_stats_dataset, own.affinity_stats_data_dir, own.affinity_rates)
+def _statistics(model: ml_collections.ConfigDict, facts: family.Facts) -> affinity.AffinityStats:
+    """facts["affinity_stats"]: the train set's statistics of the head's rates (`affinity_stats.dataset_facts`)."""
+    rates = settings(model).affinity_rates
+    stats = facts.get("affinity_stats")
+    if stats is None:
+        raise ValueError(f"config.model.{NAME} has an affinity head: its build and loss take the train set's "
+                         "statistics as facts['affinity_stats'] (`families.dataset_facts(config.model)`)")
+    if tuple(tuple(r) for r in stats.rates) != rates:
+        raise ValueError(f"facts['affinity_stats'] are for rates {stats.rates}, the affinity head's are {rates}")
+    return stats
 
 
 def _number(value, low: float, high: float, *, closed_high: bool = False) -> bool:
@@ -437,10 +432,10 @@ def propagation(model: ml_collections.ConfigDict) -> affinity.Propagation | None
     return settings(model).propagation
 
 
-def build(model: ml_collections.ConfigDict, num_classes: int) -> DeepLabV3Plus:
-    """The network; with an affinity head, the train set's statistics are read (counted the first time) here."""
+def build(model: ml_collections.ConfigDict, num_classes: int, facts: family.Facts) -> DeepLabV3Plus:
+    """The network; an affinity head's bias starts from facts["affinity_stats"] (pi_r), read by the caller."""
     own = settings(model)
-    pis = tuple(float(p) for p in statistics(model).positive_freq) if own.affinity_rates else ()
+    pis = tuple(float(p) for p in _statistics(model, facts).positive_freq) if own.affinity_rates else ()
     return DeepLabV3Plus(
         num_classes, depth=model.depth, width=model.width, output_stride=own.output_stride,
         eval_output_stride=own.eval_output_stride, aspp_rates=own.aspp_rates,
@@ -454,14 +449,16 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> DeepLabV3Plus:
     )
 
 
-def loss(outputs: family.Outputs, batch, model: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """ce (+ beta * affinity when the head exists): terms {"ce"} or {"ce", "affinity"} (affinity without beta)."""
+def loss(outputs: family.Outputs, batch, model: ml_collections.ConfigDict,
+         facts: family.Facts) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """ce (+ beta * affinity when the head exists): terms {"ce"} or {"ce", "affinity"} (affinity without beta);
+    the weightings `affinity.NEEDS_STATS` read facts["affinity_stats"]."""
     logits, intermediates = outputs
     ce = losses.cross_entropy(logits, batch["label"])
     own = settings(model)
     if not own.affinity_rates:
         return ce, {"ce": ce}
-    stats = statistics(model) if own.affinity_weighting in affinity.NEEDS_STATS else None
+    stats = _statistics(model, facts) if own.affinity_weighting in affinity.NEEDS_STATS else None
     aff = affinity.affinity_loss(intermediates["affinity_logits"], batch["label"], own.affinity_rates,
                                  weighting=own.affinity_weighting, stats=stats, gamma=own.affinity_gamma,
                                  reduction=own.affinity_reduction)

@@ -220,11 +220,13 @@ def transition_affinity_logits(psi: jnp.ndarray, grid: tuple[int, int], rates) -
     return jnp.stack(logits, axis=-1)
 
 
-def loss(outputs, batch, model: ml_collections.ConfigDict) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+def loss(outputs, batch, model: ml_collections.ConfigDict,
+         facts: family.Facts) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Cross-entropy of the final output (the paper's only loss); with `model.difnet.affinity_on_transitions`
     plus beta times the dilated-affinity loss (plain binary cross-entropy, `affinity.affinity_loss`
     with weighting 'none') on every walk's `transition_affinity_logits`, averaged over the walks,
     against the labels at the seed grid's cells: terms {'ce'[, 'transition_affinity']}."""
+    del facts  # DifNet reads nothing from the train set
     logits, intermediates = outputs
     ce = losses.cross_entropy(logits, batch["label"])
     own = model.difnet
@@ -321,7 +323,8 @@ def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
     return BRANCHES[model.difnet.backbone_init_branches]
 
 
-def build(model: ml_collections.ConfigDict, num_classes: int) -> DifNet:
+def build(model: ml_collections.ConfigDict, num_classes: int, facts: family.Facts) -> DifNet:
+    del facts
     own = model.difnet
     return DifNet(
         num_classes, depth=model.depth, width=model.width, use_aspp=own.aspp, aspp_rates=tuple(model.aspp_rates),

@@ -1,6 +1,6 @@
 """The family table: `FAMILIES`, from `config.model.name` to a family's entry points.
 
-`family.Family` holds build, loss, backbones, check, defaults, extra predictions, the training
+`family.Family` holds build, loss, backbones, check, defaults, dataset facts, extra predictions, the training
 output stride, affinity propagation, the variant's label, the keys a resume may change, the renamed
 and as-ran keys of older configs, the validation pictures and what the evaluation report times.
 Training, evaluation and the config checks read it; nothing else branches on the model's name.
@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from difnet_jax.models import deeplabv3plus, difnet, pdn, simdeeplab
-from difnet_jax.models.family import Family, initialised_backbones, segmentation_loss
+from difnet_jax.models import affinity_stats, deeplabv3plus, difnet, pdn, simdeeplab
+from difnet_jax.models.family import Facts, Family, initialised_backbones, segmentation_loss
 
 FAMILIES: dict[str, Family] = {
     "difnet": Family(build=difnet.build, loss=difnet.loss, backbones=difnet.backbones, check=difnet.check,
                      defaults=difnet.defaults, extra_predictions=difnet.extra_predictions, label=difnet.label,
                      resumable_keys=difnet.RESUMABLE_KEYS, renamed_keys=difnet.RENAMED_KEYS,
                      pictures=difnet.pictures, timed_part=difnet.timed_part),
-    "simdeeplab": Family(build=simdeeplab.build, loss=segmentation_loss, backbones=simdeeplab.backbones,
+    "simdeeplab": Family(build=simdeeplab.build,
+                         loss=segmentation_loss, backbones=simdeeplab.backbones,
                          check=simdeeplab.check, defaults=simdeeplab.defaults, label=simdeeplab.label),
-    "pdn": Family(build=pdn.build, loss=pdn.loss, backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,
+    "pdn": Family(build=pdn.build, loss=pdn.loss,
+                  backbones=pdn.backbones, check=pdn.check, defaults=pdn.defaults,
                   extra_predictions=pdn.extra_predictions, label=pdn.label, resumable_keys=pdn.RESUMABLE_KEYS),
     "deeplabv3plus": Family(build=deeplabv3plus.build, loss=deeplabv3plus.loss, backbones=deeplabv3plus.backbones,
                             check=deeplabv3plus.check, defaults=deeplabv3plus.defaults,
+                            dataset_facts=affinity_stats.dataset_facts,
                             train_output_stride=deeplabv3plus.train_output_stride,
                             propagation=deeplabv3plus.propagation, label=deeplabv3plus.label,
                             resumable_keys=deeplabv3plus.RESUMABLE_KEYS, as_ran=deeplabv3plus.LEGACY,
@@ -45,6 +48,14 @@ def pretrained_backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
     return initialised_backbones(model, family_of(model).backbones(model))
 
 
-def build_model(model: ml_collections.ConfigDict, num_classes: int):
-    """The network `config.model` describes (keys: experiments/configs/variants.py and each family's defaults)."""
-    return family_of(model).build(model, num_classes)
+def dataset_facts(model: ml_collections.ConfigDict) -> Facts:
+    """What the family's build and loss read from the train set (`Family.dataset_facts`); may read the dataset."""
+    return family_of(model).dataset_facts(model)
+
+
+def build_model(model: ml_collections.ConfigDict, num_classes: int, facts: Facts | None = None):
+    """The network `config.model` describes (keys: experiments/configs/variants.py and each family's defaults).
+
+    facts: `dataset_facts(model)`, asked here when None (DeepLabv3+ with an affinity head: its statistics).
+    """
+    return family_of(model).build(model, num_classes, dataset_facts(model) if facts is None else facts)

@@ -13,6 +13,10 @@ Conventions every family's module keeps:
   (e.g. `config.model.difnet.walks`), with defaults from `Family.defaults()`.
 - A family reads its keys in one place, a `settings(config.model)` function decorated with
   `cached_settings` that returns a frozen dataclass; its check, build and loss use that.
+- Building a model reads no data: what a family needs from the dataset (DeepLabv3+'s affinity
+  statistics) is `dataset_facts(config.model)`, asked by the code that makes the model (the training
+  session, the trained-run loader) and handed to `build` and `loss` as `facts` (scenic's
+  `dataset_meta_data`).
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ if TYPE_CHECKING:  # the type only: the family record imports no family's math
     from difnet_jax.models.affinity import Propagation
 
 Outputs = tuple[jax.Array, Mapping[str, Any]]  # (logits, intermediates)
+Facts = Mapping[str, Any]  # what a family's build and loss read from the train set (`Family.dataset_facts`)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # one record a family: compared and hashed by identity (caches key on it)
 class Family:
     """One model family.
 
-    build: (config.model, num_classes) -> the Linen module.
-    loss: (outputs, batch, config.model) -> (total, {term: scalar}); every term is logged
+    build: (config.model, num_classes, facts) -> the Linen module; facts: `dataset_facts(config.model)`.
+    loss: (outputs, batch, config.model, facts) -> (total, {term: scalar}); every term is logged
         (metrics.jsonl), `total` is what the optimiser minimises. batch has 'image' and
         'label' (B, H, W) with IGNORE_LABEL on void pixels.
     backbones: config.model -> names of the module's ResNet submodules that
@@ -49,6 +54,8 @@ class Family:
     check: config.model -> None; raises `ConfigError` naming `config.model.<key>` at fault
         for the family's own keys (shared keys are checked once, elsewhere).
     defaults: () -> the family's own sub-dict `config.model.<name>` with its defaults.
+    dataset_facts: config.model -> {name: value}, what build and loss read from the train set (DeepLabv3+ with an
+        affinity head: its statistics); it may read the dataset. Default: no facts, {}.
     extra_predictions: intermediates -> {head: logits (B, h, w, K)}: named predictions
         evaluated beside the final output (DifNet's seed branch, PDN's diffusion layers); {} otherwise.
     train_output_stride: config.model -> the stride of the network's coarsest grid in training;
@@ -69,12 +76,13 @@ class Family:
         network the evaluation report times beside the dense CRF (DifNet: its cascade); None: nothing.
     """
 
-    build: Callable[[ml_collections.ConfigDict, int], nn.Module]
-    loss: Callable[[Outputs, Mapping[str, jax.Array], ml_collections.ConfigDict],
+    build: Callable[[ml_collections.ConfigDict, int, Facts], nn.Module]
+    loss: Callable[[Outputs, Mapping[str, jax.Array], ml_collections.ConfigDict, Facts],
                    tuple[jax.Array, dict[str, jax.Array]]]
     backbones: Callable[[ml_collections.ConfigDict], tuple[str, ...]]
     check: Callable[[ml_collections.ConfigDict], None]
     defaults: Callable[[], ml_collections.ConfigDict]
+    dataset_facts: Callable[[ml_collections.ConfigDict], Facts] = lambda model: {}
     extra_predictions: Callable[[Mapping[str, Any]], dict[str, jax.Array]] = lambda intermediates: {}
     train_output_stride: Callable[[ml_collections.ConfigDict], int] = lambda model: OUTPUT_STRIDE
     propagation: Callable[[ml_collections.ConfigDict], Propagation | None] = lambda model: None
@@ -120,9 +128,9 @@ def frozen_bn_backbones(model: ml_collections.ConfigDict, backbones: tuple[str, 
     return initialised_backbones(model, backbones) if model.get("frozen_backbone_bn", False) else ()
 
 
-def segmentation_loss(outputs: Outputs, batch: Mapping[str, jax.Array],
-                      model: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+def segmentation_loss(outputs: Outputs, batch: Mapping[str, jax.Array], model: ml_collections.ConfigDict,
+                      facts: Facts) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Cross-entropy of the final logits (ignore label 255): DifNet's and Sim-DeepLab's only loss."""
-    del model
+    del model, facts
     ce = losses.cross_entropy(outputs[0], batch["label"])
     return ce, {"ce": ce}

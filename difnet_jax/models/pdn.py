@@ -263,19 +263,22 @@ class PDN(nn.Module):
     backbones = ("backbone",)
 
     num_classes: int
+    dtype: Any = jnp.float32
+    # the backbone
     depth: int = 101
     width: int = 64
-    neighbors: int = 24
-    num_modules: int = 1
-    d: int = 256
-    aspp_rates: Sequence[int] = (6, 12, 18, 24)
-    dtype: Any = jnp.float32
     frozen_bn: bool = False  # the backbone's BatchNorm uses and keeps its running statistics
     resnet_layout: str = "torchvision"  # or "difnet_authors" (resnet.py)
+    # the diffusion module(s)
+    neighbors: int = 24
+    num_modules: int = 1
     num_layers: int = 4
+    d: int = 256
     init_std: float = 0.01  # the diffusion layers' (INIT_STDS)
     impl: str = "patches"  # DiffusedLSTMLayer's implementation of the ring gates
     reduction: str = "conv"  # REDUCTIONS
+    # the ASPP head
+    aspp_rates: Sequence[int] = (6, 12, 18, 24)
 
     @nn.compact
     def __call__(self, images, *, train: bool):
@@ -363,7 +366,8 @@ def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
     return PDN.backbones
 
 
-def build(model: ml_collections.ConfigDict, num_classes: int) -> PDN:
+def build(model: ml_collections.ConfigDict, num_classes: int, facts: family.Facts) -> PDN:
+    del facts  # PDN reads nothing from the train set
     own = settings(model)
     return PDN(
         num_classes, depth=model.depth, width=model.width, neighbors=own.neighbors, num_modules=own.modules,
@@ -374,8 +378,8 @@ def build(model: ml_collections.ConfigDict, num_classes: int) -> PDN:
     )
 
 
-def loss(outputs: family.Outputs, batch: Mapping[str, jax.Array],
-         model: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss(outputs: family.Outputs, batch: Mapping[str, jax.Array], model: ml_collections.ConfigDict,
+         facts: family.Facts) -> tuple[jax.Array, dict[str, jax.Array]]:
     """ce(final) + layer_loss_weight * sum_t ce(layer t); terms {'ce', 'layer1_ce', ...}, each once.
 
     The layer scores are upsampled bilinearly to the labels (as the final logits are, and as
@@ -383,6 +387,7 @@ def loss(outputs: family.Outputs, batch: Mapping[str, jax.Array],
     evaluated; nearest downsampling of labels to the 1/8 grid would drop thin parts (arms,
     legs in Person-Part) and misalign by half a cell.
     """
+    del facts  # nothing from the train set
     logits, intermediates = outputs
     labels = batch["label"]
     terms = {"ce": losses.cross_entropy(logits, labels)}

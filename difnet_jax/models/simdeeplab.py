@@ -60,7 +60,8 @@ def backbones(model: ml_collections.ConfigDict) -> tuple[str, ...]:
     return SimDeepLab.backbones
 
 
-def build(model: ml_collections.ConfigDict, num_classes: int) -> SimDeepLab:
+def build(model: ml_collections.ConfigDict, num_classes: int, facts: family.Facts) -> SimDeepLab:
+    del facts  # Sim-DeepLab reads nothing from the train set
     return SimDeepLab(
         num_classes, depth=model.depth, width=model.width, aspp_rates=tuple(model.aspp_rates),
         dtype=COMPUTE_DTYPES[model.dtype], frozen_bn=bool(family.frozen_bn_backbones(model, SimDeepLab.backbones)),
