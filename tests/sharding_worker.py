@@ -1,4 +1,6 @@
-"""Run in a subprocess by test_scaling.py: trains the same steps on 1, 2 and 8 simulated CPU devices.
+"""Run in a subprocess by test_scaling.py: trains the same steps on 1 and 8 simulated CPU devices (one image per
+device: the most shards the global batch allows, so BN statistics and gradients are averaged over the most places;
+2 devices, a subset of that reduction, cost a third of the test's time and were dropped).
 
 The initial state is made once (on 1 device) and placed on each mesh, replicated as `Trainer.init`
 places it: what is compared is the train steps (each mesh compiling its own initialiser too would
@@ -53,7 +55,7 @@ def main():
     assert jax.device_count() == 8, jax.devices()
     reference, reference_losses, initial = run(1)
     result = {"losses": {1: reference_losses}, "max_diff": {}}
-    for n in (2, 8):
+    for n in (8,):
         tree, losses, _ = run(n, initial)
         diffs = jax.tree.map(
             lambda a, b: float(np.abs(np.asarray(a) - b).max() / max(1.0, np.abs(b).max())), tree, reference

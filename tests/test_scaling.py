@@ -1,4 +1,4 @@
-"""Data parallelism: 1, 2 and 8 simulated devices train alike; two processes train with jax.distributed."""
+"""Data parallelism: 1 and 8 simulated devices train alike; two processes train with jax.distributed."""
 
 import json
 import os
@@ -13,13 +13,13 @@ def _env():
     return {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
 
 
-def test_one_two_and_eight_devices_give_the_same_training():
-    """The global batch of 8 split over 1, 2 or 8 devices: same losses, parameters and (synchronised) BN stats."""
+def test_one_and_eight_devices_give_the_same_training():
+    """The global batch of 8 split over 1 or 8 devices: same losses, parameters and (synchronised) BN stats."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_worker.py")], env=_env(),
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for n in ("2", "8"):
+    for n in ("8",):
         assert report["max_diff"][n] < 1e-4, report
         for a, b in zip(report["losses"][n], report["losses"]["1"]):
             assert abs(a - b) < 1e-5 * abs(b), report
