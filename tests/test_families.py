@@ -1,6 +1,7 @@
 """Every model family through the shared seams: one train step and one evaluation per kind of variant.
 
-A kind is a variant with its depth and sizes set aside: each family, DifNet's two ablations,
+A kind is a variant with its depth and sizes set aside: each family, DifNet's two ablations (the walks one is
+not trained here: `TRAINED_KINDS`),
 PDN with two rings and two modules (8NB and 1M are the subsets of it that tests/test_pdn.py
 trains), DeepLabv3+ with and without the affinity head. Each runs at depth 18 and width 4 (a
 train step compiles in tens of seconds on 2 cores, so one per variant would not fit the
@@ -25,6 +26,9 @@ K = 5
 
 KINDS = ("difnet18", "difnet50_noaspp", "difnet50_no24", "simdeeplab18", "pdn18_24nb_2m", "deeplabv3plus18",
          "deeplabv3plus18_affinity")
+# Trained here: DifNet's walks ablation (difnet50_no24) changes only the cascade's walk list, whose forward
+# tests/test_models.py checks per variant; its train step, another 10 s of compiling, is left out.
+TRAINED_KINDS = tuple(kind for kind in KINDS if kind != "difnet50_no24")
 
 
 
@@ -47,7 +51,7 @@ def test_every_family_has_a_kind_here():
     assert {VARIANTS[v][0] for v in KINDS} == set(FAMILIES)
 
 
-@pytest.mark.parametrize("variant", KINDS)
+@pytest.mark.parametrize("variant", TRAINED_KINDS)
 def test_one_train_step_and_one_evaluation(variant, tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.repeat(rng.integers(0, K, (2, 5, 5)), 7, axis=1), 7, axis=2)[:, :33, :33].astype(np.int32)

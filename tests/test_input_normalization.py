@@ -2,13 +2,12 @@
 pictures and the studies. `normalization` has no ImageNet default on these paths, so one that forgot to pass the
 run's own would fail; this test watches which normalisation each path actually applies."""
 
-import shutil
-
 import numpy as np
 import pytest
 
 from difnet_jax.data import normalization
 from difnet_jax.data.normalization import CAFFE_BGR, Normalization
+from tests.helpers import tiny_config
 
 
 @pytest.fixture
@@ -38,18 +37,16 @@ def _only_caffe(names: list[str], what: str) -> None:
     names.clear()
 
 
-def test_a_difnet18_run_feeds_caffe_bgr_input_everywhere(tiny_workdir, tmp_path, applied):
-    from difnet_jax import evaluate_run, load, train, trained_run
+def test_a_difnet18_run_feeds_caffe_bgr_input_everywhere(tiny_data_dir, tmp_path, applied):
+    from difnet_jax import evaluate_run, load, train
     from difnet_jax.studies import compare
 
     workdir = str(tmp_path / "run")
-    shutil.copytree(tiny_workdir, workdir)
-    config = trained_run.load_config(workdir)
+    config = tiny_config(tiny_data_dir)  # the shared run's config (conftest.py): its programs are in JAX's cache
+    config.train.num_steps = 2
+    config.train.log_every = 1
     assert normalization.of_config(config.data) is CAFFE_BGR
-    applied.clear()
-
-    config.train.num_steps = 3  # one more step, its evaluation and the validation pictures
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir)  # training, its evaluation and the validation pictures
     _only_caffe(applied, "training, its evaluation and pictures")
 
     evaluate_run.evaluate_workdir(workdir, output_dir=str(tmp_path / "reports"))
