@@ -1,0 +1,115 @@
+"""Issue 31, item 2: the small-model train step before and after a change, timed in ONE process, interleaved.
+
+Each --variants entry is a way to build the project's jitted `Trainer.train_step` (`VARIANTS`: "model" is the code
+as it is; the others replace a part of it at trace time by a candidate). All variants are compiled from the same
+config, initial state and random batch, then run round by round (round r runs variant 1, 2, ..., each one step
+on its own copy of the state): load from other jobs spreads over all of them alike, and each time is the median
+of --rounds, with its ratio to the first variant's. Results: after the timed rounds every variant has taken the
+same number of steps from the same state on the same batch; its loss of each round, its parameters and BatchNorm
+statistics are compared with the first variant's (max |difference|; 0 = bitwise equal).
+
+  python -m benchmarks.step_speed
+  python -m benchmarks.step_speed --configs=difnet18,synthetic --rounds=15
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import pool_candidate
+from difnet_jax import timing, train
+from difnet_jax.models import difnet
+from experiments.configs.voc import get_config
+
+_CONFIGS = flags.DEFINE_multi_string("configs", ["difnet18,synthetic", "simdeeplab18,synthetic"],
+                                     "Configs of experiments/configs/voc.py (repeat the flag for several).")
+_VARIANTS = flags.DEFINE_list("variants", ["model", "custom_vjp_pool"], "Names of VARIANTS; the first is the baseline.")
+_ROUNDS = flags.DEFINE_integer("rounds", 9, "Timed rounds (each runs every variant once) after one warm-up.")
+
+NUM_CLASSES = 21
+
+
+@contextlib.contextmanager
+def _pool(candidate):
+    """The model with Psi's adaptive max-pool replaced, at trace time, by a candidate of benchmarks.pool_candidate."""
+    saved = difnet.adaptive_max_pool
+    difnet.adaptive_max_pool = candidate
+    try:
+        yield
+    finally:
+        difnet.adaptive_max_pool = saved
+
+
+VARIANTS = {
+    "model": contextlib.nullcontext,  # the code as it is
+    "custom_vjp_pool": lambda: _pool(pool_candidate.custom_vjp_adaptive_max_pool),
+    "sliced_pool": lambda: _pool(pool_candidate.sliced_adaptive_max_pool),
+}
+
+
+def _tree_diff(a, b) -> float:
+    return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True) if np.size(x)), default=0.0)
+
+
+def measure(variant_config: str, names: list[str], rounds: int) -> None:
+    config = get_config(variant_config)
+    crop, batch = config.data.crop_size, config.train.batch_size
+    rng = np.random.default_rng(0)
+    host_batch = {"image": rng.integers(0, 256, (batch, crop, crop, 3)).astype(np.uint8),
+                  "label": rng.integers(0, NUM_CLASSES, (batch, crop, crop)).astype(np.int32)}
+    compiled, states, data, losses = {}, {}, None, {name: [] for name in names}
+    for name in names:
+        with VARIANTS[name]():
+            trainer = train.Trainer(config, NUM_CLASSES)
+            states[name] = trainer.init(jax.random.PRNGKey(0))
+            data = trainer.global_batch(host_batch)
+            start = time.perf_counter()
+            compiled[name] = trainer.train_step.lower(states[name], data).compile()
+        print(f"{variant_config} {name}: compile {time.perf_counter() - start:.1f} s", flush=True)
+    for name in names:  # warm-up: one step each
+        states[name], metrics = compiled[name](states[name], data)
+        losses[name].append(float(metrics["loss"]))
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            start = time.perf_counter()
+            states[name], metrics = compiled[name](states[name], data)
+            jax.block_until_ready(metrics)
+            times[name].append(time.perf_counter() - start)
+            losses[name].append(float(metrics["loss"]))
+    base = float(np.median(times[names[0]]))
+    print(f"\n{variant_config} (crop {crop}, batch {batch}), {rounds} rounds, load average at the end "
+          f"{' / '.join(f'{v:.1f}' for v in os.getloadavg())}:")
+    print("| variant | median step | min - max | / first | steps/s vs first | losses (all rounds) vs first "
+          "| state after the rounds vs first |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in names:
+        t = np.array(times[name])
+        loss_diff = float(np.max(np.abs(np.array(losses[name]) - np.array(losses[names[0]]))))
+        state_diff = _tree_diff((states[name].params, states[name].batch_stats),
+                                (states[names[0]].params, states[names[0]].batch_stats))
+        print(f"| {name} | {np.median(t) * 1e3:.0f} ms | {t.min() * 1e3:.0f} - {t.max() * 1e3:.0f} ms "
+              f"| {np.median(t) / base:.3f} | {base / np.median(t):.3f}x | {loss_diff:.1e} | {state_diff:.1e} |")
+    print(f"losses of {names[0]}: {' '.join(f'{v:.6f}' for v in losses[names[0]])}", flush=True)
+
+
+def main(argv):
+    del argv
+    print(timing.device_description(), " ".join(sys.argv[1:]),
+          f"load average at the start {' / '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+    for variant_config in _CONFIGS.value:
+        measure(variant_config, _VARIANTS.value, _ROUNDS.value)
+    jnp.zeros(()).block_until_ready()
+
+
+if __name__ == "__main__":
+    app.run(main)
