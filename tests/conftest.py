@@ -27,6 +27,11 @@ import tempfile
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+if os.environ.get("PYTEST_XDIST_WORKER") and "intra_op_parallelism_threads" not in os.environ["XLA_FLAGS"]:
+    # One worker per core (-n auto): each worker's XLA runs on one thread, as the claims study's trainings do
+    # (two one-thread processes beat two that each start a thread per core: BENCHMARKS.md, T1; for the suite,
+    # 7 % less CPU, the same wall time within noise).
+    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="difnet_jax_test_cache_")
     atexit.register(functools.partial(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True))
