@@ -222,7 +222,7 @@ def test_chained_sweeps_then_lambda_by_evaluation_then_claim_runs_with_both_read
     selected = plan.selected()
     assert selected["da_rates"] == (6, (8, 16), 12) and selected["da_beta"] == 3.0
     assert selected["da_propagation"] == {"current": 24.0, "original": 100.0}
-    assert [name for name in trained if name.startswith("da_beta")] == [f"da_beta_beta{b}" for b in (0.3, 1.2, 3.0)]
+    assert [name for name in trained if name.startswith("da_beta")] == [f"da_beta_beta{b}" for b in claims.BETAS["sqrt"]]
     sweep_flags, *claim_flags = evaluations
     assert "--propagate_lambda=1.5,6,24,100" in sweep_flags and sweep_flags[0].endswith(
         "da_beta_beta3.0_rates(6,(8,16),12)_steps20_seed0")
