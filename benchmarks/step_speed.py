@@ -22,10 +22,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import app, flags
 
 from benchmarks import pool_candidate
-from difnet_jax import timing, train
+from difnet_jax import optimizer, timing, train
 from difnet_jax.models import difnet
 from experiments.configs.voc import get_config
 
@@ -48,8 +49,30 @@ def _pool(candidate):
         difnet.adaptive_max_pool = saved
 
 
+@contextlib.contextmanager
+def _flat_optimizer():
+    """Each parameter group's optimizer update on one flat vector (`optax.flatten`): its elementwise ops one loop
+    each instead of one per parameter array. The optimizer state's tree changes (old checkpoints would not restore)."""
+    saved = optimizer._group_optimizer
+
+    def flat(*args, **kwargs):
+        inner = saved(*args, **kwargs)
+        flattened = optax.flatten(inner)  # needs at least one array: a group without parameters keeps `inner`
+        pick = lambda tree: flattened if jax.tree.leaves(tree) else inner  # noqa: E731
+        return optax.GradientTransformation(lambda params: pick(params).init(params),
+                                            lambda updates, state, params=None: pick(updates).update(updates, state,
+                                                                                                     params))
+
+    optimizer._group_optimizer = flat
+    try:
+        yield
+    finally:
+        optimizer._group_optimizer = saved
+
+
 VARIANTS = {
     "model": contextlib.nullcontext,  # the code as it is
+    "flat_optimizer": _flat_optimizer,
     "custom_vjp_pool": lambda: _pool(pool_candidate.custom_vjp_adaptive_max_pool),
     "sliced_pool": lambda: _pool(pool_candidate.sliced_adaptive_max_pool),
 }
