@@ -4,6 +4,7 @@ another's selection), lambda and the self term chosen by evaluation, intervals i
 without runs, the ledger restoring a session's runs, and --dry_run starting nothing. No training: workdirs are
 hand-made config.json + metrics.jsonl."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -222,7 +223,8 @@ def test_chained_sweeps_then_lambda_by_evaluation_then_claim_runs_with_both_read
     selected = plan.selected()
     assert selected["da_rates"] == (6, (8, 16), 12) and selected["da_beta"] == 3.0
     assert selected["da_propagation"] == {"current": 24.0, "original": 100.0}
-    assert [name for name in trained if name.startswith("da_beta")] == [f"da_beta_beta{b}" for b in claims.BETAS["sqrt"]]
+    assert [name for name in trained if name.startswith("da_beta")] == [f"da_beta_beta{b}"
+                                                                         for b in claims.BETAS["sqrt"]]
     sweep_flags, *claim_flags = evaluations
     assert "--propagate_lambda=1.5,6,24,100" in sweep_flags and sweep_flags[0].endswith(
         "da_beta_beta3.0_rates(6,(8,16),12)_steps20_seed0")
@@ -261,6 +263,10 @@ def test_the_report_has_intervals_not_run_rows_changes_and_edges(tmp_path):
                        f"({rows['difnet_scratch'].claim.changes}).",
                        f"- {rows['walks'].comparison.statement}: within noise -> **yes** "
                        f"({rows['walks'].claim.changes})."]
+    interim = dataclasses.replace(rows["walks"], complete=False)  # e.g. 1 of 5 seeds: an interim figure
+    assert claims_report.changes([interim]) == [
+        "- No verdict has moved yet among the rows whose planned seeds are all finished.",
+        "- 1 row(s) with a different verdict but fewer seeds finished than planned: left out until their seeds are in."]
     # a selection at the end of its grid is called a bound
     for job, miou in zip(plan.sweep_jobs(plan.study.sweeps["difnet_lr"]), (0.5, 0.6)):
         _fake_run(job, miou)

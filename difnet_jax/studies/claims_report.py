@@ -50,6 +50,7 @@ class Row:
     interval: str
     verdict: str
     note: str
+    complete: bool = True  # every planned seed finished on both sides
 
 
 def _group(jobs: Sequence[Job], load_config) -> tuple[compare.SeedGroup | None, str]:
@@ -96,12 +97,14 @@ def _row(claim: Claim, comp: Comparison, groups, selected: dict[str, Any], plan:
     notes = [f"{'paired' if comp.paired else 'two groups'}"]
     if comp.at_least:
         notes.append("a >= claim: 'within noise' agrees with the paper")
-    if any(g.n < plan.seeds for g in (a, b)):
+    complete = all(g.n >= plan.seeds for g in (a, b))
+    if not complete:
         notes.append(f"fewer seeds finished than planned ({plan.seeds})")
     notes += [n for n in dict.fromkeys((note_a, note_b)) if n]
     if verdict in ("no", "within noise", "not testable"):
         notes.append("what was checked: docs/claims.md")
-    return Row(claim, comp, f"{_cell(a, keys[0])} vs {_cell(b, keys[1])}", result.text(), verdict, "; ".join(notes))
+    return Row(claim, comp, f"{_cell(a, keys[0])} vs {_cell(b, keys[1])}", result.text(), verdict, "; ".join(notes),
+               complete)
 
 
 def _cell_text(text: str) -> str:
@@ -119,14 +122,23 @@ def table(plan: Plan, all_rows: Sequence[Row] | None = None) -> list[str]:
 
 
 def changes(all_rows: Sequence[Row]) -> list[str]:
-    """Each verdict that moved since PREVIOUS_DATE, with what changed in the claim's runs."""
-    lines = []
+    """Each verdict that moved since PREVIOUS_DATE, with what changed in the claim's runs; a row whose planned seeds
+    are not all finished is an interim figure, counted but not listed."""
+    lines, interim = [], 0
     for row in all_rows:
         before = PREVIOUS_VERDICTS.get(row.comparison.key)
         if before is None or row.verdict == "not run" or row.verdict == before:
             continue
+        if not row.complete:
+            interim += 1
+            continue
         lines.append(f"- {row.comparison.statement}: {before} -> **{row.verdict}** ({row.claim.changes}).")
-    return lines or ["- No verdict has moved yet among the rows with finished runs."]
+    if not lines:
+        lines = ["- No verdict has moved yet among the rows whose planned seeds are all finished."]
+    if interim:
+        lines.append(f"- {interim} row(s) with a different verdict but fewer seeds finished than planned: left out "
+                     "until their seeds are in.")
+    return lines
 
 
 def _overrides_text(run, selected: dict[str, Any]) -> str:
