@@ -223,6 +223,9 @@ def test_chained_sweeps_then_lambda_by_evaluation_then_claim_runs_with_both_read
     selected = plan.selected()
     assert selected["da_rates"] == (6, (8, 16), 12) and selected["da_beta"] == 3.0
     assert selected["da_propagation"] == {"current": 24.0, "original": 100.0}
+    section = "\n".join(claims_report.sweeps_section(plan, selected))  # 100 is the grid's top: a bound, said so
+    assert section.count("(selected; at the edge of its grid: a bound)") == 1 and section.count("(selected)") == 1
+    assert "a bound towards no propagation at all" in section
     assert [name for name in trained if name.startswith("da_beta")] == [f"da_beta_beta{b}"
                                                                          for b in claims.BETAS["sqrt"]]
     sweep_flags, *claim_flags = evaluations

@@ -175,10 +175,16 @@ def sweeps_section(plan: Plan, selected: dict[str, Any]) -> list[str]:
         return lines + ["Not run yet.", ""]
     lines += ["| self term | " + " | ".join(f"lambda {lam:g}" for lam in PROPAGATION_LAMBDAS) + " |",
               "| --- |" + " ---: |" * len(PROPAGATION_LAMBDAS)]
+    edges = (min(PROPAGATION_LAMBDAS), max(PROPAGATION_LAMBDAS))
+    mark = lambda lam: " (selected; at the edge of its grid: a bound)" if lam in edges else " (selected)"  # noqa: E731
     for term, lam_selected in selected["da_propagation"].items():
-        cells = [f"{100 * results[term, lam]:.2f}" + (" (selected)" if lam == lam_selected else "")
+        cells = [f"{100 * results[term, lam]:.2f}" + (mark(lam) if lam == lam_selected else "")
                  for lam in PROPAGATION_LAMBDAS]
         lines.append(f"| {term} | " + " | ".join(cells) + " |")
+    if max(PROPAGATION_LAMBDAS) in selected["da_propagation"].values():
+        lines += ["", "A lambda at the top of the grid is a bound towards no propagation at all: as lambda grows the "
+                  "self term dominates Eq. 6 and a pass returns its input (either reading), so held-out mIoU rising "
+                  "with lambda says propagating with the model's own affinity lowers it at every lambda tried."]
     return lines + [""]
 
 
