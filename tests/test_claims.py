@@ -91,7 +91,11 @@ def test_the_study_covers_every_claim_with_runnable_configs():
         (pdn("8nb_1m"), miou, "simdeeplab18_pretrained", miou, False),
         (pdn("24nb_2m"), miou, pdn("24nb_1m"), miou, True),
         *[(pdn("24nb_1m"), f"val/miou_layer{t + 1}", pdn("24nb_1m"), f"val/miou_layer{t}", False) for t in (1, 2, 3)]}
-    assert all(runs[pdn(v)].sweeps == ("pdn_init", "pdn_layer_loss_weight") for v in ("8nb_1m", "24nb_1m", "24nb_2m"))
+    assert all(runs[pdn(v)].sweeps == ("pdn_init", "pdn_layer_loss_weight", "pdn_lr")
+               for v in ("8nb_1m", "24nb_1m", "24nb_2m"))
+    # PDN's lr grouping is chosen as Sim-DeepLab's, after its init and layer-loss weight: the baseline row is fair
+    assert study.sweeps["pdn_lr"].base.sweeps == ("pdn_init", "pdn_layer_loss_weight")
+    assert study.sweeps["pdn_lr"].values == study.sweeps["simdeeplab_lr"].values
     # the sweeps of issue 28: grids whose old selections were edges reach further; R includes a cell-preserving set
     sweeps = study.sweeps
     assert sweeps["pdn_init"].values == ("caffe_std", "literal_variance")
@@ -311,7 +315,7 @@ def test_dry_run_lists_the_runs_and_starts_nothing(tmp_path):
     commands = [line for line in lines if "python -m experiments.voc" in line]
     # the sweeps without a dependency (init, both lr groupings: 2 each), DifNet and Sim-DeepLab from scratch
     assert len(commands) == 3 * 2 + 2 * 2
-    assert sum("waits for sweep(s)" in line for line in lines) == 5 + 2 * 2 + 3 * 2  # llw; fine-tuned; PDN
+    assert sum("waits for sweep(s)" in line for line in lines) == 5 + 2 + 2 * 2 + 3 * 2  # llw; PDN lr; fine-tuned; PDN
     assert any("Estimated training time" in line for line in lines)
     assert f"--workdir={runs}/difnet18_scratch_steps20_seed1" in result.stdout  # --scratch_steps
     assert not runs.exists() and not out.exists()

@@ -33,6 +33,9 @@ selection (`da_beta` runs at the selected rates). The sweeps (issue 28, section 
 - `difnet_lr`, `simdeeplab_lr`: the DifNet authors' `main.sh` trains every parameter in one SGD group (2.5e-4 x 10,
   `LambdaLR(lambda step: 10 * poly)`), the fine-tuning protocol gives backbones x1 and new layers x10: the grouping is
   chosen on held-out data the same way for DifNet and Sim-DeepLab (`train.pretrained_lr_scale` 1 or 10).
+- `pdn_lr`: the same choice for PDN (24NB-1M at the selected init and layer-loss weight; 8NB and 2M use it), so
+  "PDN > its DeepLab baseline" compares the two each at its own held-out grouping, not Sim-DeepLab's selected one
+  against PDN's default.
 
 A run is finished when its metrics.jsonl holds the evaluation at config.train.num_steps (and, for the runs evaluated
 with affinity propagation, the propagation report holds the heads the selection asks for): the study skips it, so an
@@ -259,6 +262,7 @@ def _da(weighting: str, beta=None) -> tuple[tuple[str, Any], ...]:
 def _runs() -> list[Run]:
     lr = lambda family: (("train.pretrained_lr_scale", Selected(f"{family}_lr")),)  # noqa: E731
     pdn_init = ("model.pdn.init", Selected("pdn_init"))
+    pdn_llw = ("model.pdn.layer_loss_weight", Selected("pdn_layer_loss_weight"))
     return [
         Run("difnet18_scratch", "DifNet-18", "difnet18", SCRATCH),
         Run("simdeeplab18_scratch", "Sim-DeepLab-18", "simdeeplab18", SCRATCH),
@@ -269,7 +273,7 @@ def _runs() -> list[Run]:
         Run("simdeeplab18_pretrained", "Sim-DeepLab-18", "simdeeplab18", PRETRAINED, lr("simdeeplab")),
         Run("difnet18_pretrained", "DifNet-18", "difnet18", PRETRAINED, lr("difnet")),
         *[Run(f"pdn18_{n}nb_{m}m_pretrained", f"PDN-18 {n}NB-{m}M", f"pdn18_{n}nb_{m}m", PRETRAINED,
-              (pdn_init, ("model.pdn.layer_loss_weight", Selected("pdn_layer_loss_weight"))))
+              (pdn_init, pdn_llw, *lr("pdn")))
           for n, m in ((8, 1), (24, 1), (24, 2))],
         Run("deeplabv3plus18_pretrained", "DeepLabv3+-18", "deeplabv3plus18", PRETRAINED),
         *[Run(f"deeplabv3plus18_affinity_{w}_pretrained", f"DeepLabv3+-18 + dilated affinity, {w} weighting",
@@ -299,6 +303,10 @@ def _sweeps() -> list[Sweep]:
         *[Sweep(f"{family}_lr", "lrs", "train.pretrained_lr_scale", LR_GROUPINGS,
                 Run(f"{family}_lr", label, f"{family}18", PRETRAINED), lr_labels)
           for family, label in (("difnet", "DifNet-18"), ("simdeeplab", "Sim-DeepLab-18"))],
+        Sweep("pdn_lr", "lrs", "train.pretrained_lr_scale", LR_GROUPINGS,
+              dataclasses.replace(pdn, name="pdn_lr", overrides=(
+                  ("model.pdn.init", Selected("pdn_init")),
+                  ("model.pdn.layer_loss_weight", Selected("pdn_layer_loss_weight")))), lr_labels),
     ]
 
 

@@ -72,9 +72,11 @@ def claims() -> tuple[Claim, ...]:
               "The diffusion layers' init (the two readings of 'variance 0.01') and then the layer-loss weight are "
               "selected on held-out train data with 24NB-1M and used by every PDN run. The paper's figures are "
               "ResNet-101's (Table 4, ADE20K without BN synchronisation; Table 2, PASCAL-Person-Part, its layers' own "
-              "predictions). Sim-DeepLab-18 is the run of `difnet_vs_simdeeplab` (its lr grouping selected).",
+              "predictions). Sim-DeepLab-18 is the run of `difnet_vs_simdeeplab` (its lr grouping selected); PDN's "
+              "lr grouping is selected the same way (`pdn_lr`).",
               f"{RULE}; the init selected between both readings (was std 0.01); the layer-loss weight's grid reaches "
-              "0.01 (0.1 was its edge); Sim-DeepLab's lr grouping selected; 2M has 5 seeds (was 1)"),
+              "0.01 (0.1 was its edge); the lr grouping selected on held-out data for PDN and for Sim-DeepLab (was "
+              "backbones x1 for both); 2M has 5 seeds (was 1)"),
         Claim("da_loss", "the dilated-affinity loss improves DeepLabv3+", "DA Tables 4 and 5", (
             _c("da_loss", "DeepLabv3+-18 + dilated affinity (sqrt, selected beta) > DeepLabv3+-18, no propagation",
                "78.62 vs 77.93 (VOC): the paper's T = 0 if T counts passes", SQRT, "deeplabv3plus18_pretrained"),
