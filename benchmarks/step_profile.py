@@ -15,11 +15,14 @@ the HLO instruction's source (`metadata.op_name`: the flax module path and the j
 The profile's operation times are summed over the threads that ran them and scaled to the step's wall time
 (so the fractions are of the step). Achieved FLOP/s: XLA's `cost_analysis()` FLOPs of the step / its median time,
 against this machine's dense float32 4096^2 matmul rate measured in the same process (as benchmarks.cascade).
-Host overhead: the training loop's time per step in `experiments.voc` is not measured here (see BENCHMARKS.md,
-"Small-model train step").
+Host overhead (--loop): the training loop's parts as `experiments.voc` runs them, on the config's real train loader
+(the prepared dataset, 0 workers): the loader's time per batch alone, the compiled step waited for at each step,
+and the loop as train.py runs it (next batch, `global_batch`, the step, then a wait for the previous step's metrics,
+so one step is queued behind the running one); their difference is what the host adds to a step.
 
   python -m benchmarks.step_profile
   python -m benchmarks.step_profile --variants=difnet18 --crop=321 --batch=2 --steps=2
+  python -m benchmarks.step_profile --loop --variants=difnet18,synthetic     # the host's share of the loop
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ _CROP = flags.DEFINE_integer("crop", 0, "Crop (0: the config's).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch (0: the config's).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Profiled steps (after warm-up).")
 _SETTING = flags.DEFINE_string("setting", "", "A difnet_jax.xla_cpu.SETTINGS name (empty: the project's choice).")
+_LOOP = flags.DEFINE_bool("loop", False, "Time the training loop's host parts on the real loader instead of profiling.")
 CATEGORIES = ("convolution", "cascade", "Psi adaptive max-pool", "normalisation", "optimizer",
               "loss / upsampling / other")
 
@@ -152,11 +156,63 @@ def profile(variant: str) -> None:
         print(f"    {ns / 1e6 / _STEPS.value:8.1f} ms/step {name[:100]}")
 
 
+def _seconds_each(n: int, call) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - start) / n
+
+
+def loop_overhead(variant: str) -> None:
+    """The host's share of train.py's loop: loader, synced step, pipelined loop (module docstring)."""
+    from difnet_jax.data import normalization, pipeline
+
+    config = get_config(variant)
+    data, steps = config.data, _STEPS.value
+    builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
+    loader = pipeline.train_loader(
+        pipeline.source(data.name, data.get("train_split", "train"), data.data_dir),
+        global_batch_size=config.train.batch_size, crop_size=data.crop_size, scale_range=tuple(data.scale_range),
+        seed=0, num_workers=data.num_workers, read_threads=data.get("read_threads", 2),
+        normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0))
+    batches = iter(loader)
+    for _ in range(3):  # the reader's threads started
+        next(batches)
+    load_s = _seconds_each(steps, lambda: next(batches))
+    trainer = train.Trainer(config, len(pipeline.class_names(builder)))
+    box = {"state": trainer.init(jax.random.PRNGKey(0)), "metrics": None}
+    batch = trainer.global_batch(next(batches))
+    compiled = trainer.train_step.lower(box["state"], batch).compile()
+
+    def synced():
+        box["state"], metrics = compiled(box["state"], batch)
+        jax.block_until_ready(metrics)
+
+    def pipelined():  # train.py: the next batch while the previous step runs, then wait for that step's metrics
+        box["state"], metrics = compiled(box["state"], trainer.global_batch(next(batches)))
+        jax.block_until_ready(box["metrics"])
+        box["metrics"] = metrics
+
+    for _ in range(2):
+        synced()
+    step_s = _seconds_each(steps, synced)
+    loop_s = _seconds_each(steps, pipelined)
+    jax.block_until_ready(box["metrics"])
+    print(f"\n{variant}: crop {data.crop_size}, batch {config.train.batch_size}, {steps} steps each:")
+    print(f"  loader alone {load_s * 1e3:.1f} ms a batch; step waited for {step_s * 1e3:.0f} ms; "
+          f"the loop {loop_s * 1e3:.0f} ms a step: the host adds {(loop_s / step_s - 1):+.1%} "
+          f"(the loader is {load_s / step_s:.1%} of a step)")
+
+
 def main(argv):
     del argv
     if _SETTING.value:
         os.environ[xla_cpu.ENV] = _SETTING.value  # what the Trainer's jit compiles with
     print(timing.device_description(), " ".join(sys.argv[1:]))
+    if _LOOP.value:
+        for variant in _VARIANTS.value:
+            loop_overhead(variant)
+        return
     a = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 4096)), jnp.float32)
     matmul = jax.jit(lambda a: a @ a).lower(a).compile()
     jax.block_until_ready(matmul(a))
