@@ -28,7 +28,7 @@ import time
 
 from absl import flags
 
-from difnet_jax.studies import claims, claims_report, claims_runner
+from difnet_jax.studies import claims, claims_list, claims_report, claims_runner
 from experiments import cli
 from experiments.run_config import run_config
 
@@ -38,7 +38,7 @@ _SCRATCH_STEPS = flags.DEFINE_integer("scratch_steps", 1000, "Training steps of 
                                       "synthetic modifier's 1,000: at 400 DifNet-18 is at 0.37 mIoU, std 0.04).")
 _SEEDS = flags.DEFINE_integer("seeds", claims.SEEDS, "Seeds 0..N-1 of every claim run (the sweeps use seed 0).")
 _ONLY = flags.DEFINE_list("only", None, "Claims to run, comma-separated (default all): "
-                          + ", ".join(claim.name for claim in claims.study().claims) + ".")
+                          + ", ".join(claim.name for claim in claims_list.study().claims) + ".")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and the estimated CPU time; start nothing.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write --out from the finished runs; train nothing.")
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/claims", "Folder of the study's workdirs.")
@@ -129,7 +129,7 @@ def _announce(job: claims.Job, action: str, cores: list[int]) -> None:
 
 
 def main():
-    study = claims.study()
+    study = claims_list.study()
     runs_dir = os.path.abspath(_RUNS_DIR.value)
     ledger = claims.Ledger(_LEDGER.value)
     plan = claims.Plan(study, claims.chosen_claims(study, _ONLY.value), _STEPS.value, _SEEDS.value, runs_dir,

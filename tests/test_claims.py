@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from difnet_jax.config_checks import check_config
-from difnet_jax.studies import claims, claims_report, claims_runner
+from difnet_jax.studies import claims, claims_list, claims_report, claims_runner
 from difnet_jax.user_errors import ArgumentError, ConfigError
 from experiments.configs import variants
 from experiments.configs.voc import get_config
@@ -57,7 +57,7 @@ def _pairs(claim):
 
 
 def _plan(tmp_path, only, seeds=2, steps=20):
-    study = claims.study()
+    study = claims_list.study()
     return claims.Plan(study, claims.chosen_claims(study, only), steps, seeds, str(tmp_path / "runs"))
 
 
@@ -68,7 +68,7 @@ def _select_all(plan, index=1):
 
 
 def test_the_study_covers_every_claim_with_runnable_configs():
-    study = claims.study()
+    study = claims_list.study()
     assert [c.name for c in study.claims] == ["difnet_vs_simdeeplab", "walks", "pdn", "da_loss", "weighting",
                                               "propagation", "transitions"]
     runs, miou = study.runs, "val/miou"
@@ -126,7 +126,7 @@ def test_the_study_covers_every_claim_with_runnable_configs():
 def test_the_commands_set_the_planned_values(monkeypatch):
     """Each job's `python -m experiments.voc` arguments, parsed as that command parses them, give the config the
     study plans (and the skip check compares with): arg, steps, seed and every override, nested rates included."""
-    study = claims.study()
+    study = claims_list.study()
     plan = claims.Plan(study, study.claims, 30, 2, "/runs")
     selected = _select_all(plan)
     jobs = [job for sweep in plan.sweeps for job in plan.sweep_jobs(sweep, selected)] + plan.claim_jobs(None, selected)
@@ -145,7 +145,7 @@ def test_the_commands_set_the_planned_values(monkeypatch):
 
 
 def test_unknown_claim_names_the_known_ones():
-    study = claims.study()
+    study = claims_list.study()
     assert [c.name for c in claims.chosen_claims(study, ["walks", "pdn"])] == ["walks", "pdn"]
     with pytest.raises(ArgumentError, match="'walk' is not a claim.*did you mean 'walks'"):
         claims.chosen_claims(study, ["walk"])

@@ -4,8 +4,9 @@ which are finished, and the hyper-parameters chosen on held-out train data. `cla
   python -m experiments.claims --dry_run         # the runs and the estimated CPU time, nothing started
   python -m experiments.claims                   # every claim, 5 seeds, two trainings at once on 2 cores
 
-`study()` lists the claims; each is a list of `Comparison`s, "a > b" between two `Quantity`s (a run group's final
-`val/<metric>`), read against the paper's figures. The two protocols:
+`claims_list.study()` joins the runs and sweeps here with the claims there; each claim is a list of `Comparison`s,
+"a > b" between two `Quantity`s (a run group's final `val/<metric>`), read against the paper's figures. The two
+protocols:
 - from scratch, `VARIANT,synthetic`: DifNet and Sim-DeepLab, as DifNet's paper trains them (Sec. 5.1: "from scratch"),
   so its Table 1 and its walk ablation are judged in its own protocol; DifNet's affinity-supervised transitions (the
   project's own question) against the same DifNet runs.
@@ -259,7 +260,8 @@ def _da(weighting: str, beta=None) -> tuple[tuple[str, Any], ...]:
     return overrides + ((("model.deeplabv3plus.affinity_beta", beta),) if beta is not None else ())
 
 
-def _runs() -> list[Run]:
+def runs() -> list[Run]:
+    """The study's run configurations (the claims compare them, `claims_list`)."""
     lr = lambda family: (("train.pretrained_lr_scale", Selected(f"{family}_lr")),)  # noqa: E731
     pdn_init = ("model.pdn.init", Selected("pdn_init"))
     pdn_llw = ("model.pdn.layer_loss_weight", Selected("pdn_layer_loss_weight"))
@@ -283,7 +285,8 @@ def _runs() -> list[Run]:
     ]
 
 
-def _sweeps() -> list[Sweep]:
+def sweeps() -> list[Sweep]:
+    """The held-out sweeps (module docstring)."""
     da_base = lambda w: Run(f"da_beta_{w}" if w != "sqrt" else "da_beta",  # noqa: E731
                             f"DeepLabv3+-18 + dilated affinity, {w} weighting", "deeplabv3plus18_affinity", PRETRAINED,
                             _da(w))
@@ -308,15 +311,6 @@ def _sweeps() -> list[Sweep]:
                   ("model.pdn.init", Selected("pdn_init")),
                   ("model.pdn.layer_loss_weight", Selected("pdn_layer_loss_weight")))), lr_labels),
     ]
-
-
-def study() -> Study:
-    """The study of issues 21 and 28: the claims, their runs and the sweeps (module docstring)."""
-    from difnet_jax.studies.claims_list import claims  # the table of claims, apart from the machinery
-
-    runs = {run.name: run for run in _runs()}
-    return Study(runs, {sweep.name: sweep for sweep in _sweeps()}, PropagationSweep("da_propagation", "da_beta"),
-                 claims())
 
 
 def chosen_claims(study_: Study, only: Sequence[str] | None) -> list[Claim]:

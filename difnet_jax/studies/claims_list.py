@@ -1,4 +1,5 @@
-"""The claims the study judges (`claims.study`): each paper's statements with its figures, and what each compares.
+"""The claims the study judges: each paper's statements with its figures, and what each compares; `study()` joins them
+with the runs and sweeps of `claims` (the study's machinery, which imports nothing from here).
 
 Dilated Affinity's propagation rows come in both readings of Eq. 6's self term (`affinity.SELF_TERMS`) and both
 readings of what DA Tables 3-4's T counts (`claims.T_READINGS`): at "0 iterations" the ground-truth row is 81.16 /
@@ -9,7 +10,17 @@ counts passes (T = 0: none) or passes after a first one (T = 0: one pass).
 from __future__ import annotations
 
 from difnet_jax.models import affinity
-from difnet_jax.studies.claims import T_READINGS, WEIGHTINGS, Claim, Comparison, Quantity
+from difnet_jax.studies.claims import (
+    T_READINGS,
+    WEIGHTINGS,
+    Claim,
+    Comparison,
+    PropagationSweep,
+    Quantity,
+    Study,
+    runs,
+    sweeps,
+)
 
 SQRT = "deeplabv3plus18_affinity_sqrt_pretrained"
 WEIGHTING_PAPER = {"none": "77.52", "signal": "77.96", "neighbor": "78.40", "sqrt": "78.74"}
@@ -109,3 +120,9 @@ def claims() -> tuple[Claim, ...]:
             "No paper claims this: 'yes' means the supervision helps. `model.difnet.affinity_on_transitions=True`, "
             "the synthetic rate (one seed-grid cell) and beta 1.0.", f"{RULE}; the authors' upsampling"),
     )
+
+
+def study() -> Study:
+    """The study of issues 21 and 28: the claims, their runs and the sweeps (`claims`' module docstring)."""
+    return Study({run.name: run for run in runs()}, {sweep.name: sweep for sweep in sweeps()},
+                 PropagationSweep("da_propagation", "da_beta"), claims())
