@@ -46,7 +46,8 @@ from absl import app, flags
 from difnet_jax import timing, train, xla_cpu
 from experiments.configs.voc import get_config
 
-_VARIANTS = flags.DEFINE_list("variants", ["difnet18,synthetic", "simdeeplab18,synthetic"], "Configs of voc.py.")
+_VARIANTS = flags.DEFINE_multi_string("variants", ["difnet18,synthetic", "simdeeplab18,synthetic"],
+                                      "A config of voc.py, e.g. difnet18,synthetic (repeat the flag for several).")
 _CROP = flags.DEFINE_integer("crop", 0, "Crop (0: the config's).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch (0: the config's).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Profiled steps (after warm-up).")
