@@ -1,4 +1,4 @@
-"""Candidates for `difnet.adaptive_max_pool`, kept with their measurements (BENCHMARKS.md, "XLA CPU settings, the
+"""Candidates for the model's `adaptive_max_pool`, kept with their measurements (BENCHMARKS.md, "XLA CPU settings, the
 DifNet peer and the small-model step", and "The small-model step, item 2 (SS1)"): not applied.
 
 - `sliced_adaptive_max_pool`: the whole synthetic step showed no gain within noise and the compile time doubled.
@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difnet_jax.models import difnet
+from difnet_jax.models import similarity_embedding
 
 
 def sliced_adaptive_max_pool(x, size):
-    """A candidate for difnet.adaptive_max_pool (which indexes with the bins: a gather forward, a scatter-add
+    """A candidate for the model's adaptive_max_pool (which indexes with the bins: a gather forward, a scatter-add
     backward): each bin a static slice, the same maxima (tests/test_xla_cpu.py checks values and gradients).
     Not applied: BENCHMARKS.md, "XLA CPU settings, the DifNet peer and the small-model step"."""
     def pool_axis(x, axis, size_out):
@@ -47,7 +47,7 @@ def _pool_terms(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
     the cotangent of bin `bins[t, j]` where `valid[t, j]`; the entries of `_adaptive_bins` holding j, in their
     row-major order (a short bin's repeated last index once per repetition), as the gather's transpose (a
     scatter-add of the bins' entries in that order) adds them."""
-    rows = difnet._adaptive_bins(size_in, size_out)
+    rows = similarity_embedding._adaptive_bins(size_in, size_out)
     terms: list[list[int]] = [[] for _ in range(size_in)]
     for i, k in np.ndindex(*rows.shape):
         terms[rows[i, k]].append(i)
@@ -69,9 +69,9 @@ def _expand(values: np.ndarray, axis: int, ndim: int) -> np.ndarray:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _adaptive_max_pool_axis(x: jnp.ndarray, axis: int, size_out: int) -> jnp.ndarray:
-    """`difnet.adaptive_max_pool` along one axis: the max over each bin as a running maximum of the bins'
+    """`similarity_embedding.adaptive_max_pool` along one axis: the max over each bin as a running maximum of the bins'
     k-th entries (a max is exact: the same values in any order)."""
-    rows = difnet._adaptive_bins(x.shape[axis], size_out)
+    rows = similarity_embedding._adaptive_bins(x.shape[axis], size_out)
     return functools.reduce(jnp.maximum, [_take(x, rows[:, k], axis) for k in range(rows.shape[1])])
 
 
@@ -81,11 +81,11 @@ def _adaptive_max_pool_axis_fwd(x, axis, size_out):
 
 
 def _adaptive_max_pool_axis_bwd(axis, size_out, residuals, g):
-    """JAX's gradient of `difnet.adaptive_max_pool` (reduce_max's JVP rule: the cotangent split equally over
+    """JAX's gradient of the model's `adaptive_max_pool` (reduce_max's JVP rule: the cotangent split equally over
     the entries equal to the max, a repeated index counting once per repetition; then the gather's transpose)
     without its scatter-add: each input sums its terms in the scatter's order (`_pool_terms`), from 0."""
     x, out = residuals
-    rows = difnet._adaptive_bins(x.shape[axis], size_out)
+    rows = similarity_embedding._adaptive_bins(x.shape[axis], size_out)
     count = functools.reduce(jnp.add, [(_take(x, rows[:, k], axis) == out).astype(g.dtype)
                                        for k in range(rows.shape[1])])
     share = g / count
@@ -103,7 +103,7 @@ _adaptive_max_pool_axis.defvjp(_adaptive_max_pool_axis_fwd, _adaptive_max_pool_a
 
 
 def custom_vjp_adaptive_max_pool(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-    """`difnet.adaptive_max_pool` with a backward that gathers instead of scattering (module docstring: equal
+    """The model's `adaptive_max_pool` with a backward that gathers instead of scattering (module docstring: equal
     alone, wrong inside the whole train step; not applied). An axis already at its size is left as it is."""
     for axis, size_out in ((1, size[0]), (2, size[1])):
         if x.shape[axis] != size_out:

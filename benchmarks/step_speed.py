@@ -25,9 +25,9 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from benchmarks import pool_candidate
+from benchmarks import pool_candidate, psi_before
 from difnet_jax import optimizer, timing, train
-from difnet_jax.models import difnet
+from difnet_jax.models import difnet, similarity_embedding
 from experiments.configs.voc import get_config
 
 _CONFIGS = flags.DEFINE_multi_string("configs", ["difnet18,synthetic", "simdeeplab18,synthetic"],
@@ -40,13 +40,14 @@ NUM_CLASSES = 21
 
 @contextlib.contextmanager
 def _pool(candidate):
-    """The model with Psi's adaptive max-pool replaced, at trace time, by a candidate of benchmarks.pool_candidate."""
-    saved = difnet.adaptive_max_pool
-    difnet.adaptive_max_pool = candidate
+    """The model with Psi's adaptive max-pool replaced, at trace time, by a candidate of benchmarks.pool_candidate
+    (since the pool-first Psi, only where a Psi differentiates the pool itself: walks 2..5, not walk 1)."""
+    saved = similarity_embedding.adaptive_max_pool
+    similarity_embedding.adaptive_max_pool = candidate
     try:
         yield
     finally:
-        difnet.adaptive_max_pool = saved
+        similarity_embedding.adaptive_max_pool = saved
 
 
 @contextlib.contextmanager
@@ -70,8 +71,21 @@ def _flat_optimizer():
         optimizer._group_optimizer = saved
 
 
+@contextlib.contextmanager
+def _psi_before():
+    """The model with Psi computed conv -> BatchNorm -> pool at full resolution (`benchmarks.psi_before`), as
+    before its pool-first form."""
+    saved = difnet.SimilarityEmbedding
+    difnet.SimilarityEmbedding = psi_before.ConvBatchNormPool
+    try:
+        yield
+    finally:
+        difnet.SimilarityEmbedding = saved
+
+
 VARIANTS = {
     "model": contextlib.nullcontext,  # the code as it is
+    "psi_before": _psi_before,
     "flat_optimizer": _flat_optimizer,
     "custom_vjp_pool": lambda: _pool(pool_candidate.custom_vjp_adaptive_max_pool),
     "sliced_pool": lambda: _pool(pool_candidate.sliced_adaptive_max_pool),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from difnet_jax.models import FAMILIES, DifNet, SimDeepLab, build_model, diffusion
-from difnet_jax.models.difnet import adaptive_max_pool
 from difnet_jax.models.resize import resize_bilinear
+from difnet_jax.models.similarity_embedding import adaptive_max_pool
 from experiments.configs.voc import VARIANTS, get_config
 from tests.helpers import write_affinity_stats
 

@@ -79,10 +79,10 @@ def test_choice_by_width_and_switches(monkeypatch):
 
 
 def test_sliced_adaptive_max_pool_candidate_matches_the_models():
-    """benchmarks.pool_candidate's pool (static slices) against difnet.adaptive_max_pool: values and
+    """benchmarks.pool_candidate's pool (static slices) against similarity_embedding.adaptive_max_pool: values and
     gradients (distinct values: no ties)."""
     from benchmarks.pool_candidate import sliced_adaptive_max_pool
-    from difnet_jax.models.difnet import adaptive_max_pool
+    from difnet_jax.models.similarity_embedding import adaptive_max_pool
 
     x = jnp.asarray(np.random.default_rng(0).permutation(2 * 21 * 23 * 3).reshape(2, 21, 23, 3), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 4, 3)), jnp.float32)

@@ -4,7 +4,8 @@
   x (B, h', w', K); the importance map M = H(x) in [0, 1]; the seed s = M * x (Sec. 4).
 - Similarity branch: a second ResNet of the same depth with five taps, walk 1 on the
   input image and walks 2..5 on layer1..layer4. Each tap gives
-  Psi_t = adaptive-max-pool(BN(conv1x1_64(f_t))) on the seed grid (Sec. 4).
+  Psi_t = adaptive-max-pool(BN(conv1x1_64(f_t))) on the seed grid (Sec. 4; `similarity_embedding` computes
+  it pool-first, the same function).
 - Cascade: y_t = beta_t [mu_t P_t y_{t-1} + (1 - mu_t) s] + (1 - beta_t) y_{t-1}
   with P_t = softmax(Psi_t Psi_t^T) (Eq. 4-5), see `difnet_jax.models.diffusion`.
   mu_t = sigmoid(mu_logits[t]), beta_t = sigmoid(beta_logits[t]); both logits are
@@ -30,29 +31,10 @@ from difnet_jax.models import affinity, diffusion, family
 from difnet_jax.models.aspp import ASPP, class_conv
 from difnet_jax.models.resize import LOGITS_UPSAMPLING, resize_bilinear
 from difnet_jax.models.resnet import ResNet
+from difnet_jax.models.similarity_embedding import SimilarityEmbedding
 from difnet_jax.user_errors import positive_int, require
 
 ALL_WALKS = (1, 2, 3, 4, 5)  # 1: the input image, 2..5: layer1..layer4 of the similarity branch
-
-
-def _adaptive_bins(size_in: int, size_out: int) -> np.ndarray:
-    """(size_out, L) input indices of each adaptive pooling bin, torch's bin rule.
-
-    Bin i covers [floor(i * in / out), ceil((i + 1) * in / out)); shorter bins repeat
-    their last index, which leaves a max unchanged.
-    """
-    starts = (np.arange(size_out) * size_in) // size_out
-    ends = -((-(np.arange(size_out) + 1) * size_in) // size_out)
-    length = int((ends - starts).max())
-    return np.minimum(starts[:, None] + np.arange(length)[None, :], ends[:, None] - 1)
-
-
-def adaptive_max_pool(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
-    """Adaptive max-pooling of NHWC `x` to `size`, one axis at a time (max is separable)."""
-    rows = _adaptive_bins(x.shape[1], size[0])
-    x = x[:, rows].max(axis=2)
-    cols = _adaptive_bins(x.shape[2], size[1])
-    return x[:, :, cols].max(axis=3)
 
 
 class ImportanceMap(nn.Module):
@@ -69,21 +51,6 @@ class ImportanceMap(nn.Module):
                              dtype=self.dtype, name=f"bn{i}")(x)
             x = nn.Conv(features, (5, 5), padding=2, use_bias=False, dtype=self.dtype, name=f"conv{i}")(nn.relu(x))
         return nn.sigmoid(x.astype(jnp.float32))
-
-
-class SimilarityEmbedding(nn.Module):
-    """Psi of Sec. 4: conv1x1 (with bias) -> BN -> adaptive max-pool to the seed grid."""
-
-    channels: int = 64
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, features, grid: tuple[int, int], *, train: bool):
-        x = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="conv")(features)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                         name="bn")(x)
-        return adaptive_max_pool(x, grid)
 
 
 class DifNet(nn.Module):
