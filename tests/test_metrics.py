@@ -1,5 +1,6 @@
 """Confusion matrix, IoU and the loss against brute-force numpy counts."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -52,3 +53,17 @@ def test_cross_entropy_ignores_void_pixels():
     np.testing.assert_allclose(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels)), expected, rtol=1e-5)
     all_void = jnp.full((2, 5, 5), 255)
     assert float(losses.cross_entropy(jnp.asarray(logits), all_void)) == 0.0
+
+
+def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_valid_pixels():
+    """d loss / d logits = (softmax - one_hot(label)) / #valid on valid pixels, 0 on void ones (the one-hot pick's
+    backward, issue 31)."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 5, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, (2, 5, 5))
+    labels[1, 3:] = 255
+    valid = labels != 255
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = (softmax - np.eye(4)[np.where(valid, labels, 0)]) * valid[..., None] / valid.sum()
+    got = jax.grad(losses.cross_entropy)(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(got, expected, atol=1e-7)
