@@ -1,8 +1,9 @@
 """Issue 31, item 2: the small-model train step before and after a change, timed in ONE process, interleaved.
 
 Each --variants entry is a way to build the project's jitted `Trainer.train_step` (`VARIANTS`: "model" is the code
-as it is; the others replace a part of it at trace time by a candidate). All variants are compiled from the same
-config, initial state and random batch, then run round by round (round r runs variant 1, 2, ..., each one step
+as it is; the others replace a part of it at trace time by a candidate, or by the code before issue 31's changes,
+`benchmarks.before_issue31`: the default compares "before_issue31" with "model"). All variants are compiled from
+the same config, initial state and random batch, then run round by round (round r runs variant 1, 2, ..., each one step
 on its own copy of the state): load from other jobs spreads over all of them alike, and each time is the median
 of --rounds, with its ratio to the first variant's. Results: after the timed rounds every variant has taken the
 same number of steps from the same state on the same batch; its loss of each round, its parameters and BatchNorm
@@ -25,8 +26,8 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from benchmarks import pool_candidate, psi_before
-from difnet_jax import optimizer, timing, train
+from benchmarks import before_issue31, pool_candidate
+from difnet_jax import losses, optimizer, timing, train
 from difnet_jax.models import difnet, similarity_embedding
 from experiments.configs.voc import get_config
 
@@ -36,18 +37,6 @@ _VARIANTS = flags.DEFINE_list("variants", ["model", "custom_vjp_pool"], "Names o
 _ROUNDS = flags.DEFINE_integer("rounds", 9, "Timed rounds (each runs every variant once) after one warm-up.")
 
 NUM_CLASSES = 21
-
-
-@contextlib.contextmanager
-def _pool(candidate):
-    """The model with Psi's adaptive max-pool replaced, at trace time, by a candidate of benchmarks.pool_candidate
-    (since the pool-first Psi, only where a Psi differentiates the pool itself: walks 2..5, not walk 1)."""
-    saved = similarity_embedding.adaptive_max_pool
-    similarity_embedding.adaptive_max_pool = candidate
-    try:
-        yield
-    finally:
-        similarity_embedding.adaptive_max_pool = saved
 
 
 @contextlib.contextmanager
@@ -72,23 +61,37 @@ def _flat_optimizer():
 
 
 @contextlib.contextmanager
-def _psi_before():
-    """The model with Psi computed conv -> BatchNorm -> pool at full resolution (`benchmarks.psi_before`), as
-    before its pool-first form."""
-    saved = difnet.SimilarityEmbedding
-    difnet.SimilarityEmbedding = psi_before.ConvBatchNormPool
+def _replaced(module, name: str, replacement):
+    """`module.name` replaced by `replacement` while the step is traced."""
+    saved = getattr(module, name)
+    setattr(module, name, replacement)
     try:
         yield
     finally:
-        difnet.SimilarityEmbedding = saved
+        setattr(module, name, saved)
+
+
+@contextlib.contextmanager
+def _before_issue31():
+    """Both of `before_issue31`'s parts: the train step as it was before issue 31's changes."""
+    with _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool), \
+            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy):
+        yield
 
 
 VARIANTS = {
     "model": contextlib.nullcontext,  # the code as it is
-    "psi_before": _psi_before,
+    "before_issue31": _before_issue31,
+    # Psi conv -> BatchNorm -> pool at full resolution, as before its pool-first form
+    "psi_before": lambda: _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool),
+    "loss_before": lambda: _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy),
     "flat_optimizer": _flat_optimizer,
-    "custom_vjp_pool": lambda: _pool(pool_candidate.custom_vjp_adaptive_max_pool),
-    "sliced_pool": lambda: _pool(pool_candidate.sliced_adaptive_max_pool),
+    # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
+    # where a Psi differentiates the pool itself: walks 2..5, not walk 1)
+    "custom_vjp_pool": lambda: _replaced(similarity_embedding, "adaptive_max_pool",
+                                         pool_candidate.custom_vjp_adaptive_max_pool),
+    "sliced_pool": lambda: _replaced(similarity_embedding, "adaptive_max_pool",
+                                     pool_candidate.sliced_adaptive_max_pool),
 }
 
 

@@ -1,5 +1,5 @@
 """Psi computed pool-first (`SimilarityEmbedding`) equals conv1x1 -> BatchNorm -> pool computed in that order
-(`benchmarks.psi_before.ConvBatchNormPool`, flax's own Conv and BatchNorm): variables, outputs, gradients and the
+(`benchmarks.before_issue31.ConvBatchNormPool`, flax's own Conv and BatchNorm): variables, outputs, gradients and the
 running statistics, in training and evaluation, for both ways of taking the batch statistics (from the input's
 covariance when it has fewer channels than the embedding, from the projection otherwise), both backward paths of the
 pool (through each bin's maximising input vector; autodiff) and negative BN scales."""
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.psi_before import ConvBatchNormPool
+from benchmarks.before_issue31 import ConvBatchNormPool
 from difnet_jax.models.similarity_embedding import SimilarityEmbedding
 
 GRID = (4, 5)

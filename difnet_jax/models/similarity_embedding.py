@@ -154,7 +154,7 @@ class SimilarityEmbedding(nn.Module):
     input's covariance where that is cheaper (`_moments_of_projection`), and the affine runs on the pooled grid.
     The same function as `nn.Conv` -> `nn.BatchNorm` -> pool up to float32 rounding, with the same variables
     (conv/{kernel, bias}, bn/{scale, bias}, batch_stats bn/{mean, var}) and running-statistics update
-    (tests/test_similarity_embedding.py; the straightforward form, `benchmarks/psi_before.py`, is the reference).
+    (tests/test_similarity_embedding.py; the straightforward form, `benchmarks/before_issue31.py`, is the reference).
     Issue 31: Psi_1 (walk 1, the image at full resolution) was a fifth to a third of the synthetic DifNet-18 step.
     """
 
