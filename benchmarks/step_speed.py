@@ -33,7 +33,7 @@ from experiments.configs.voc import get_config
 
 _CONFIGS = flags.DEFINE_multi_string("configs", ["difnet18,synthetic", "simdeeplab18,synthetic"],
                                      "Configs of experiments/configs/voc.py (repeat the flag for several).")
-_VARIANTS = flags.DEFINE_list("variants", ["model", "custom_vjp_pool"], "Names of VARIANTS; the first is the baseline.")
+_VARIANTS = flags.DEFINE_list("variants", ["before_issue31", "model"], "Names of VARIANTS; the first is the baseline.")
 _ROUNDS = flags.DEFINE_integer("rounds", 9, "Timed rounds (each runs every variant once) after one warm-up.")
 
 NUM_CLASSES = 21
