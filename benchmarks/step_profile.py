@@ -169,17 +169,13 @@ def _seconds_each(n: int, call) -> float:
 
 def loop_overhead(variant: str) -> None:
     """The host's share of train.py's loop: loader, synced step, pipelined loop (module docstring)."""
-    from difnet_jax.data import normalization, pipeline
+    from difnet_jax.data import pipeline
 
     config = get_config(variant)
     data, steps = config.data, _STEPS.value
     builder = pipeline.prepare(data.name, data.data_dir, data.manual_dir)
-    loader = pipeline.train_loader(
-        pipeline.source(data.name, data.get("train_split", "train"), data.data_dir),
-        global_batch_size=config.train.batch_size, crop_size=data.crop_size, scale_range=tuple(data.scale_range),
-        seed=0, num_workers=data.num_workers, read_threads=data.get("read_threads", 2),
-        normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0))
-    batches = iter(loader)
+    batches = iter(train.train_loader_of(config, pipeline.source(data.name, data.get("train_split", "train"),
+                                                                  data.data_dir)))
     for _ in range(3):  # the reader's threads started
         next(batches)
     load_s = _seconds_each(steps, lambda: next(batches))

@@ -258,6 +258,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             os.rmdir(workdir)
 
 
+def train_loader_of(config: ml_collections.ConfigDict, source):
+    """The config's train loader over `source` (its data.* augmentation and reading keys, train.batch_size and
+    train.seed): what `experiments.voc` trains on, and what `benchmarks.step_profile --loop` times."""
+    data = config.data
+    return pipeline.train_loader(
+        source, global_batch_size=config.train.batch_size, crop_size=data.crop_size,
+        scale_range=tuple(data.scale_range), seed=config.train.seed, num_workers=data.num_workers,
+        read_threads=data.get("read_threads", 2),
+        normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0),
+    )
+
+
 def _require_backbone_weights(model: ml_collections.ConfigDict) -> None:
     """A fresh run starts from `model.backbone_init`: the entry point makes the synthetic-ImageNet ones first
     (`pretraining.ensure_weights`, the `pretrained` modifier); training only reads them."""
@@ -373,13 +385,7 @@ class _Session:
         facts = dataset_facts(config.model)  # e.g. the affinity head's statistics, counted the first time
         self.trainer = trainer = Trainer(config, len(self.class_names), facts=facts)
         checkpointing.check_workdir(self.workdir, trainer.abstract_state, train_cfg.keep_checkpoints)
-        loader = pipeline.train_loader(
-            train_source, global_batch_size=train_cfg.batch_size, crop_size=data.crop_size,
-            scale_range=tuple(data.scale_range), seed=train_cfg.seed, num_workers=data.num_workers,
-            read_threads=data.get("read_threads", 2),
-            normalization=normalization.of_config(data), scale_step=data.get("scale_step", 0.0),
-        )
-        self.data_iter = iter(loader)
+        self.data_iter = iter(train_loader_of(config, train_source))
         self.manager = checkpoint_manager(self.workdir, config)
         self.state, restored_step = checkpointing.restore_latest(self.manager, trainer.abstract_state, self.data_iter)
         if self.state is None:
