@@ -28,7 +28,7 @@ from absl import app, flags
 
 from benchmarks import before_issue31, pool_candidate
 from difnet_jax import losses, optimizer, timing, train
-from difnet_jax.models import difnet, similarity_embedding
+from difnet_jax.models import difnet, resnet, similarity_embedding
 from experiments.configs.voc import get_config
 
 _CONFIGS = flags.DEFINE_multi_string("configs", ["difnet18,synthetic", "simdeeplab18,synthetic"],
@@ -75,7 +75,8 @@ def _replaced(module, name: str, replacement):
 def _before_issue31():
     """Both of `before_issue31`'s parts: the train step as it was before issue 31's changes."""
     with _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool), \
-            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy):
+            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy), \
+            _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool):
         yield
 
 
@@ -85,6 +86,7 @@ VARIANTS = {
     # Psi conv -> BatchNorm -> pool at full resolution, as before its pool-first form
     "psi_before": lambda: _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool),
     "loss_before": lambda: _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy),
+    "stem_pool_before": lambda: _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool),
     "flat_optimizer": _flat_optimizer,
     # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
     # where a Psi differentiates the pool itself: walks 2..5, not walk 1)
