@@ -4,8 +4,6 @@ baseline variants (BENCHMARKS.md, "XLA CPU settings, the DifNet peer and the sma
 - `ConvBatchNormPool`: Psi as `nn.Conv` 1x1 -> `nn.BatchNorm` -> adaptive max-pool, in that order. The model's
   `SimilarityEmbedding` now pools first (its docstring has the algebra); this is the straightforward form it must
   equal (tests/test_similarity_embedding.py).
-- `flax_stem_max_pool`: the ResNet stem's 3x3/2 max-pool as `nn.max_pool` (its backward XLA's select-and-scatter);
-  the model's `resnet._stem_max_pool` takes the maximum of nine strided views with a first-maximum backward.
 - `take_along_axis_cross_entropy`: the loss picking the label's log-probability with `take_along_axis` (its
   backward a scatter); the model's `losses.cross_entropy` uses a one-hot product, bitwise the same run.
 """
@@ -53,8 +51,3 @@ def take_along_axis_cross_entropy(logits, labels, ignore_label: int = IGNORE_LAB
     nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
     return jnp.where(valid, nll, 0.0).sum() / jnp.maximum(valid.sum(), 1)
 
-
-def flax_stem_max_pool(x, ceil_mode: bool):
-    """`resnet._stem_max_pool` before issue 31: `nn.max_pool` (3x3, stride 2, pad 1; ceil_mode as the model's)."""
-    padding = [(1, 1 + (ceil_mode and size % 2 == 0)) for size in x.shape[1:3]]
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)

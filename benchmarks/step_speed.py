@@ -75,8 +75,7 @@ def _replaced(module, name: str, replacement):
 def _before_issue31():
     """Both of `before_issue31`'s parts: the train step as it was before issue 31's changes."""
     with _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool), \
-            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy), \
-            _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool):
+            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy):
         yield
 
 
@@ -86,7 +85,7 @@ VARIANTS = {
     # Psi conv -> BatchNorm -> pool at full resolution, as before its pool-first form
     "psi_before": lambda: _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool),
     "loss_before": lambda: _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy),
-    "stem_pool_before": lambda: _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool),
+    "window_stem_pool": lambda: _replaced(resnet, "_stem_max_pool", pool_candidate.window_stem_max_pool),
     "flat_optimizer": _flat_optimizer,
     # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
     # where a Psi differentiates the pool itself: walks 2..5, not walk 1)

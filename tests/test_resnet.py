@@ -51,20 +51,20 @@ def test_train_mode_updates_batch_statistics():
 
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("size", [17, 18])
-def test_stem_max_pool_equals_flax_max_pool_values_and_gradients(ceil_mode, size):
-    """The stem's pool (nine strided views, a first-maximum backward) against flax's `nn.max_pool` and its
-    autodiff (XLA's select-and-scatter): the same values, and the same gradients up to float32 rounding, on a
-    post-ReLU input whose zeros tie in many windows."""
-    from difnet_jax.models import resnet
+def test_window_stem_max_pool_candidate_equals_flax_max_pool(ceil_mode, size):
+    """benchmarks.pool_candidate's stem pool (nine strided views, a first-maximum backward; not applied) against
+    the model's (flax's `nn.max_pool`, its autodiff XLA's select-and-scatter): the same values, and the same
+    gradients up to float32 rounding, on a post-ReLU input whose zeros tie in many windows."""
+    from benchmarks.pool_candidate import window_stem_max_pool
 
     rng = np.random.default_rng(size)
     x = jnp.asarray(np.maximum(rng.normal(size=(2, size, size + 3, 5)), 0.0), jnp.float32)
     padding = [(1, 1 + (ceil_mode and s % 2 == 0)) for s in x.shape[1:3]]
     reference = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)  # noqa: E731
-    pooled = resnet._stem_max_pool(x, ceil_mode)
+    pooled = window_stem_max_pool(x, ceil_mode)
     np.testing.assert_array_equal(pooled, reference(x))
     cotangent = jnp.asarray(rng.normal(size=pooled.shape), jnp.float32)
-    grad = jax.grad(lambda x: jnp.sum(resnet._stem_max_pool(x, ceil_mode) * cotangent))(x)
+    grad = jax.grad(lambda x: jnp.sum(window_stem_max_pool(x, ceil_mode) * cotangent))(x)
     expected = jax.grad(lambda x: jnp.sum(reference(x) * cotangent))(x)
     np.testing.assert_allclose(grad, expected, atol=1e-6)
     assert float(jnp.abs(expected).sum()) > 0

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 LAYOUTS = ("torchvision", "difnet_authors")
@@ -111,54 +110,8 @@ def _stem_max_pool(x, ceil_mode: bool):
     With ceil_mode an even side 2m gives m + 1 windows instead of m: the last window starts on the
     last pixel and reaches one beyond the padding (-inf there, as PyTorch's ceil_mode=True).
     """
-    padding = tuple((1, 1 + (ceil_mode and size % 2 == 0)) for size in x.shape[1:3])
-    return window_max_pool_3x3_s2(x, padding)
-
-
-def _window_slices(padded_shape, out_hw):
-    """(row offset, column offset, lax.slice arguments) of the nine stride-2 views of a padded NHWC array whose
-    (i, j) entries are window (i, j)'s element at that offset, in the window's row-major order."""
-    batch, _, _, channels = padded_shape
-    return [(di, dj, (0, di, dj, 0), (batch, di + 2 * out_hw[0] - 1, dj + 2 * out_hw[1] - 1, channels), (1, 2, 2, 1))
-            for di in range(3) for dj in range(3)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def window_max_pool_3x3_s2(x: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    """`nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)`, as the maximum of nine strided views, with the
-    gradient of XLA's max-pool (each window's cotangent to its first maximal element in row-major order, as
-    select-and-scatter gives it) computed by nine masked strided pads instead of select-and-scatter (issue 31:
-    on XLA CPU that one materialises index arrays for the pooled map and reduces them with it, about 5 % of the
-    synthetic DifNet-18 step). Values are identical; gradients equal up to the order of float32 additions where
-    windows overlap (tests/test_resnet.py)."""
-    return _window_max_pool_fwd(x, padding)[0]
-
-
-def _window_max_pool_fwd(x, padding):
-    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-    out_hw = ((padded.shape[1] - 3) // 2 + 1, (padded.shape[2] - 3) // 2 + 1)
-    views = [jax.lax.slice(padded, *args) for _, _, *args in _window_slices(padded.shape, out_hw)]
-    best, first = views[0], jnp.zeros(views[0].shape, jnp.int8)
-    for k, view in enumerate(views[1:], 1):
-        larger = view > best  # strictly: a tie keeps the earlier element
-        best, first = jnp.where(larger, view, best), jnp.where(larger, jnp.int8(k), first)
-    return best, (first, x.shape, padded.shape)
-
-
-def _window_max_pool_bwd(padding, residuals, cotangent):
-    first, x_shape, padded_shape = residuals
-    out_hw = cotangent.shape[1:3]
-    grad = jnp.zeros(padded_shape, cotangent.dtype)
-    zero = jnp.zeros((), cotangent.dtype)
-    for k, (di, dj, _, limit, _) in enumerate(_window_slices(padded_shape, out_hw)):
-        # the transpose of view k: every other pixel from (di, dj), zeros between and after
-        config = [(0, 0, 0), (di, padded_shape[1] - limit[1], 1), (dj, padded_shape[2] - limit[2], 1), (0, 0, 0)]
-        grad = grad + jax.lax.pad(jnp.where(first == k, cotangent, zero), zero, config)
-    (top, _), (left, _) = padding
-    return (grad[:, top:top + x_shape[1], left:left + x_shape[2]],)
-
-
-window_max_pool_3x3_s2.defvjp(_window_max_pool_fwd, _window_max_pool_bwd)
+    padding = [(1, 1 + (ceil_mode and size % 2 == 0)) for size in x.shape[1:3]]
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
 
 
 class ResNet(nn.Module):
