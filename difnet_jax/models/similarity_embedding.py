@@ -39,7 +39,7 @@ def adaptive_max_pool(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
     return x
 
 
-def _running_max_over_bins(x: jnp.ndarray, axis: int, size_out: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _max_over_bins_with_index(x: jnp.ndarray, axis: int, size_out: int) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Adaptive max-pool of `x` along `axis`, with where each max came from: (maxima, their index along `axis`).
 
     A tie goes to the bin's first position (`jnp.argmax`'s rule).
@@ -66,17 +66,14 @@ def projected_adaptive_max_pool(x: jnp.ndarray, kernel: jnp.ndarray, grid: tuple
 
 
 def _projected_pool_forward(x, kernel, grid):
-    # a sum of C_in broadcast products: XLA fuses it into the pool's gathers instead of writing the projection
-    projected = sum(x[..., i:i + 1] * kernel[i].astype(x.dtype) for i in range(x.shape[-1]))
-    rows_max, rows_at = _running_max_over_bins(projected, 1, grid[0])  # (B, h', W, C)
-    pooled, cols_at = _running_max_over_bins(rows_max, 2, grid[1])  # (B, h', w', C)
+    if x.shape[-1] <= 4:  # the image: a sum of C_in broadcast products, which XLA fuses into the pool's gathers
+        projected = sum(x[..., i:i + 1] * kernel[i].astype(x.dtype) for i in range(x.shape[-1]))
+    else:
+        projected = jnp.einsum("bhwi,ic->bhwc", x, kernel.astype(x.dtype))
+    rows_max, rows_at = _max_over_bins_with_index(projected, 1, grid[0])  # (B, h', W, C)
+    pooled, cols_at = _max_over_bins_with_index(rows_max, 2, grid[1])  # (B, h', w', C)
     rows_at = jnp.take_along_axis(rows_at, cols_at, axis=2)
     return pooled, (x, kernel, rows_at, cols_at)
-
-
-def _projected_pool_fwd(x, kernel, grid):
-    pooled, residuals = _projected_pool_forward(x, kernel, grid)
-    return pooled, residuals
 
 
 def _projected_pool_bwd(grid, residuals, cotangent):
@@ -92,7 +89,7 @@ def _projected_pool_bwd(grid, residuals, cotangent):
     return d_x.astype(x.dtype), d_kernel.sum(axis=0).astype(kernel.dtype)
 
 
-projected_adaptive_max_pool.defvjp(_projected_pool_fwd, _projected_pool_bwd)
+projected_adaptive_max_pool.defvjp(_projected_pool_forward, _projected_pool_bwd)
 
 
 class _Conv1x1Variables(nn.Module):
