@@ -40,6 +40,16 @@ NUM_CLASSES = 21
 
 
 @contextlib.contextmanager
+def _replaced(module, name: str, replacement):
+    """`module.name` replaced by `replacement` while the step is traced."""
+    saved = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
 def _flat_optimizer():
     """Each parameter group's optimizer update on one flat vector (`optax.flatten`): its elementwise ops one loop
     each instead of one per parameter array. The optimizer state's tree changes (old checkpoints would not restore)."""
@@ -53,22 +63,7 @@ def _flat_optimizer():
                                             lambda updates, state, params=None: pick(updates).update(updates, state,
                                                                                                      params))
 
-    optimizer._group_optimizer = flat
-    try:
-        yield
-    finally:
-        optimizer._group_optimizer = saved
-
-
-@contextlib.contextmanager
-def _replaced(module, name: str, replacement):
-    """`module.name` replaced by `replacement` while the step is traced."""
-    saved = getattr(module, name)
-    setattr(module, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(module, name, saved)
+    return _replaced(optimizer, "_group_optimizer", flat)
 
 
 @contextlib.contextmanager
