@@ -28,6 +28,7 @@ from absl import app, flags
 
 from benchmarks import before_issue31, pool_candidate
 from difnet_jax import losses, optimizer, timing, train
+from difnet_jax.data.normalization import Normalization
 from difnet_jax.models import difnet, resnet, similarity_embedding
 from experiments.configs.voc import get_config
 
@@ -68,9 +69,11 @@ def _flat_optimizer():
 
 @contextlib.contextmanager
 def _before_issue31():
-    """Both of `before_issue31`'s parts: the train step as it was before issue 31's changes."""
+    """All of `before_issue31`'s parts: the train step as it was before issue 31's changes."""
     with _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool), \
-            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy):
+            _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy), \
+            _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool), \
+            _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device):
         yield
 
 
@@ -80,7 +83,9 @@ VARIANTS = {
     # Psi conv -> BatchNorm -> pool at full resolution, as before its pool-first form
     "psi_before": lambda: _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool),
     "loss_before": lambda: _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy),
-    "window_stem_pool": lambda: _replaced(resnet, "_stem_max_pool", pool_candidate.window_stem_max_pool),
+    "loss_one_hot": lambda: _replaced(losses, "cross_entropy", before_issue31.one_hot_cross_entropy),
+    "stem_pool_before": lambda: _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool),
+    "normalisation_before": lambda: _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device),
     "flat_optimizer": _flat_optimizer,
     # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
     # where a Psi differentiates the pool itself: walks 2..5, not walk 1)

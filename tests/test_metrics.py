@@ -56,8 +56,8 @@ def test_cross_entropy_ignores_void_pixels():
 
 
 def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_valid_pixels():
-    """d loss / d logits = (softmax - one_hot(label)) / #valid on valid pixels, 0 on void ones (the one-hot pick's
-    backward, issue 31)."""
+    """d loss / d logits = (softmax - one_hot(label)) / #valid on valid pixels, 0 on void ones: the closed-form
+    backward of `losses.summed_cross_entropy` (issue 31), here against numpy's."""
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(2, 5, 5, 4)).astype(np.float32)
     labels = rng.integers(0, 4, (2, 5, 5))
@@ -67,3 +67,27 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_valid_pixels():
     expected = (softmax - np.eye(4)[np.where(valid, labels, 0)]) * valid[..., None] / valid.sum()
     got = jax.grad(losses.cross_entropy)(jnp.asarray(logits), jnp.asarray(labels))
     np.testing.assert_allclose(got, expected, atol=1e-7)
+
+
+def test_cross_entropy_matches_autodiff_of_log_softmax_and_stays_finite():
+    """The closed-form loss and gradient equal autodiff of -log_softmax picked by the label (to float32 rounding),
+    at logits far from 0 too; with every pixel void both are exactly 0."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, (2, 7, 5))
+    labels[0, :3] = 255
+    labels = jnp.asarray(labels)
+
+    def autodiff(logits):
+        valid = labels != 255
+        picked = jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.where(valid, labels, 0)[..., None], -1)[..., 0]
+        return -jnp.where(valid, picked, 0.0).sum() / valid.sum()
+
+    for scale, offset in ((1.0, 0.0), (30.0, 1e4)):
+        logits = jnp.asarray(rng.normal(size=(2, 7, 5, 6)) * scale + offset, jnp.float32)
+        value, grad = jax.value_and_grad(losses.cross_entropy)(logits, labels)
+        expected_value, expected_grad = jax.value_and_grad(autodiff)(logits)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+        np.testing.assert_allclose(grad, expected_grad, atol=1e-6)
+    void = jnp.full(labels.shape, 255)
+    value, grad = jax.value_and_grad(losses.cross_entropy)(logits, void)
+    assert float(value) == 0.0 and not np.asarray(grad).any()

@@ -181,9 +181,12 @@ def test_normalize_is_the_arithmetic():
     np.testing.assert_array_equal(pipeline.normalize(image[0, :, ::-1], IMAGENET),  # not contiguous
                                   expected[0, :, ::-1])
     np.testing.assert_array_equal(pipeline.normalize(image[0].astype(np.float32), IMAGENET), expected[0])
+    every_value = np.stack([np.arange(256, dtype=np.uint8), np.arange(256)[::-1].astype(np.uint8),
+                            np.roll(np.arange(256, dtype=np.uint8), 7)], -1).reshape(1, 16, 16, 3)
     for normalization in (IMAGENET, CAFFE_BGR):  # the train step's (on the device): the same float32 values
-        np.testing.assert_array_equal(np.asarray(jax.jit(normalization.apply_on_device)(image)),
-                                      normalization.apply(image))
+        for value in (image, every_value):  # caffe_bgr's by subtraction, imagenet's by its table
+            np.testing.assert_array_equal(np.asarray(jax.jit(normalization.apply_on_device)(value)),
+                                          normalization.apply(value))
 
 
 def test_pad_to_pads_bottom_right_only():

@@ -30,6 +30,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from difnet_jax.models.max_pool import max_pool_3x3_stride2
+
 LAYOUTS = ("torchvision", "difnet_authors")
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BOTTLENECK_DEPTHS = (50, 101)
@@ -110,8 +112,8 @@ def _stem_max_pool(x, ceil_mode: bool):
     With ceil_mode an even side 2m gives m + 1 windows instead of m: the last window starts on the
     last pixel and reaches one beyond the padding (-inf there, as PyTorch's ceil_mode=True).
     """
-    padding = [(1, 1 + (ceil_mode and size % 2 == 0)) for size in x.shape[1:3]]
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=padding)
+    padding = tuple((1, 1 + (ceil_mode and size % 2 == 0)) for size in x.shape[1:3])
+    return max_pool_3x3_stride2(x, padding)  # nn.max_pool's values and gradient, without select-and-scatter
 
 
 class ResNet(nn.Module):
