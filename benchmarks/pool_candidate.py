@@ -1,6 +1,6 @@
-"""Candidates for the model's pools (Psi's `adaptive_max_pool`, the ResNet stem's 3x3/2 max-pool), kept with their
-measurements (BENCHMARKS.md, "XLA CPU settings, the DifNet peer and the small-model step", and "The small-model
-step, item 2 (SS1)"): not applied.
+"""Candidates for Psi's `adaptive_max_pool` (and, until issue 31's change 4 took it, the ResNet stem's max-pool),
+kept with their measurements (BENCHMARKS.md, "XLA CPU settings, the DifNet peer and the small-model step", and
+"The small-model step, item 2 (SS1)"): not applied.
 
 - `sliced_adaptive_max_pool`: the whole synthetic step showed no gain within noise and the compile time doubled.
 - `custom_vjp_adaptive_max_pool`: the same maxima (a running max of gathered rows) and JAX's gradient rule

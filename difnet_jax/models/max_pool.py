@@ -4,7 +4,8 @@
 nine stride-2 views of the (-inf) padded input, keeping which view won (the first in the window's row-major order,
 as XLA's max-pool gradient chooses). Its backward puts each window's cotangent on that element: nine masked,
 interior-padded copies of the cotangent summed in the order select-and-scatter adds them where windows overlap (the
-last window first), so the gradient is bitwise the autodiff one (tests/test_resnet.py). On XLA CPU the autodiff
+windows' row-major order, which reaches a pixel through the views in reverse), so the gradient is bitwise the
+autodiff one (tests/test_resnet.py). On XLA CPU the autodiff
 form materialises eight index arrays of the pool's input size and reduces them with it: about 5 % of the synthetic
 DifNet-18 train step (BENCHMARKS.md, "Issue 31's changes to the step").
 """
@@ -46,7 +47,8 @@ def _backward(padding, residuals, cotangent):
     winner, x_shape, padded_shape = residuals
     grad = jnp.zeros(padded_shape, cotangent.dtype)
     zero = jnp.zeros((), cotangent.dtype)
-    # the last view first: where windows overlap, the later window's share is added first, as select-and-scatter
+    # the last view first: a pixel's earlier window reaches it through a later view (a larger offset), and
+    # select-and-scatter adds overlapping windows' shares in the windows' row-major order
     for k, (di, dj, _, limit, _) in reversed(list(enumerate(_views(padded_shape, cotangent.shape[1:3])))):
         # the transpose of view k: its entries on every other pixel from (di, dj), zeros between and after
         config = [(0, 0, 0), (di, padded_shape[1] - limit[1], 1), (dj, padded_shape[2] - limit[2], 1), (0, 0, 0)]
