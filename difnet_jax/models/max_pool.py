@@ -5,9 +5,9 @@ nine stride-2 views of the (-inf) padded input, keeping which view won (the firs
 as XLA's max-pool gradient chooses). Its backward puts each window's cotangent on that element: nine masked,
 interior-padded copies of the cotangent summed in the order select-and-scatter adds them where windows overlap (the
 windows' row-major order, which reaches a pixel through the views in reverse), so the gradient is bitwise the
-autodiff one (tests/test_resnet.py). On XLA CPU the autodiff
-form materialises eight index arrays of the pool's input size and reduces them with it: about 5 % of the synthetic
-DifNet-18 train step (BENCHMARKS.md, "Issue 31's changes to the step").
+autodiff one (tests/test_resnet.py). On XLA CPU the autodiff form materialises eight index arrays of the pool's
+input size and reduces them with it: about 5 % of the synthetic DifNet-18 train step (BENCHMARKS.md, "Issue 31's
+changes to the step").
 """
 
 from __future__ import annotations
