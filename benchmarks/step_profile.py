@@ -13,7 +13,7 @@ the HLO instruction's source (`metadata.op_name`: the flax module path and the j
   - loss / upsampling / other: the rest (bilinear upsampling of the logits, cross-entropy, ReLUs, pooling, ...).
 
 The profile's operation times are summed over the threads that ran them and scaled to the step's wall time
-(so the fractions are of the step). Under a YNNPACK setting (`ynn_dot`, the paper sizes' choice) the library's
+(so the fractions are of the step). Under a YNNPACK setting (`ynn_dot_reduce`, the paper sizes' choice) the library's
 convolutions are mostly not in the trace (a DifNet-18 step at crop 321, 2026-12-07: 4.3 s of operations seen for a
 6.9 s step on 2 threads, convolution 4 %): profile those sizes with `--setting=default`, or read the fractions as
 of the visible operations only. Achieved FLOP/s: XLA's `cost_analysis()` FLOPs of the step / its median time,

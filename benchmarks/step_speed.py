@@ -27,7 +27,7 @@ import optax
 from absl import app, flags
 
 from benchmarks import before_issue31, pool_candidate
-from difnet_jax import losses, optimizer, timing, train
+from difnet_jax import losses, optimizer, timing, train, xla_cpu
 from difnet_jax.data.normalization import Normalization
 from difnet_jax.models import difnet, resnet, similarity_embedding
 from experiments.configs.voc import get_config
@@ -68,9 +68,24 @@ def _flat_optimizer():
 
 
 @contextlib.contextmanager
+def _xla_setting(name: str):
+    """The train step compiled with `difnet_jax.xla_cpu` setting `name` (its environment variable while compiling)."""
+    saved = os.environ.get(xla_cpu.ENV)
+    os.environ[xla_cpu.ENV] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[xla_cpu.ENV]
+        else:
+            os.environ[xla_cpu.ENV] = saved
+
+
+@contextlib.contextmanager
 def _before_issue31():
-    """All of `before_issue31`'s parts: the train step as it was before issue 31's changes."""
-    with _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool), \
+    """All of `before_issue31`'s parts: the train step as it was before issue 31's changes (XLA's default
+    compiler settings included)."""
+    with _xla_setting("off"), _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool), \
             _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy), \
             _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool), \
             _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device):
@@ -87,6 +102,8 @@ VARIANTS = {
     "stem_pool_before": lambda: _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool),
     "normalisation_before": lambda: _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device),
     "flat_optimizer": _flat_optimizer,
+    "xla_defaults": lambda: _xla_setting("off"),  # XLA's default CPU compiler settings (difnet_jax.xla_cpu)
+    "ynn_dot_reduce": lambda: _xla_setting("ynn_dot_reduce"),
     # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
     # where a Psi differentiates the pool itself: walks 2..5, not walk 1)
     "custom_vjp_pool": lambda: _replaced(similarity_embedding, "adaptive_max_pool",
