@@ -171,7 +171,7 @@ class Trainer:
             in_shardings=(self.state_sharding, self.data_sharding),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=0,
-            compiler_options=xla_cpu.compiler_options(config.model),  # XLA CPU's library fusions by size (issue 31)
+            compiler_options=xla_cpu.compiler_options(config.model),  # XLA CPU's library fusions (issue 31)
         )
         self.evaluator = Evaluator(self.model, self.family, num_classes, EvalOptions.from_config(config.data),
                                    data_sharding=self.data_sharding)
