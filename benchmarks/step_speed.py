@@ -103,7 +103,6 @@ VARIANTS = {
     "normalisation_before": lambda: _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device),
     "flat_optimizer": _flat_optimizer,
     "xla_defaults": lambda: _xla_setting("off"),  # XLA's default CPU compiler settings (difnet_jax.xla_cpu)
-    "ynn_dot_reduce": lambda: _xla_setting("ynn_dot_reduce"),
     # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
     # where a Psi differentiates the pool itself: walks 2..5, not walk 1)
     "custom_vjp_pool": lambda: _replaced(similarity_embedding, "adaptive_max_pool",
@@ -162,6 +161,9 @@ def measure(variant_config: str, names: list[str], rounds: int) -> None:
 
 def main(argv):
     del argv
+    unknown = [name for name in _VARIANTS.value if name not in VARIANTS]
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     print(timing.device_description(), " ".join(sys.argv[1:]),
           f"load average at the start {' / '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     for variant_config in _CONFIGS.value:

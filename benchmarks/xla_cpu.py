@@ -201,6 +201,11 @@ def _ms(seconds: float) -> str:
 
 def main(argv):
     del argv
+    kinds = ("conv", "synthetic_train", "synthetic_eval", "cascade", "paper_train", "paper_eval")
+    for flag, names, known in (("--settings", _SETTINGS.value, xla_cpu.SETTINGS), ("--kinds", _KINDS.value, kinds)):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise app.UsageError(f"{flag}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     os.environ[xla_cpu.ENV] = "off"  # the Trainer's jit carries no setting of its own: each compile names one
     start, load = time.perf_counter(), os.getloadavg()
     section_body = []
