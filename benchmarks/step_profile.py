@@ -13,11 +13,12 @@ the HLO instruction's source (`metadata.op_name`: the flax module path and the j
   - loss / upsampling / other: the rest (bilinear upsampling of the logits, cross-entropy, ReLUs, pooling, ...).
 
 The profile's operation times are summed over the threads that ran them and scaled to the step's wall time
-(so the fractions are of the step). Under a YNNPACK setting (`ynn_dot_reduce`, the paper sizes' choice) the library's
-convolutions are mostly not in the trace (a DifNet-18 step at crop 321, 2026-12-07: 4.3 s of operations seen for a
-6.9 s step on 2 threads, convolution 4 %): profile those sizes with `--setting=default`, or read the fractions as
-of the visible operations only. Achieved FLOP/s: XLA's `cost_analysis()` FLOPs of the step / its median time,
-against this machine's dense float32 4096^2 matmul rate measured in the same process (as benchmarks.cascade).
+(so the fractions are of the step). Under a YNNPACK setting (the project's choice is `ynn_dot_reduce`) on 2 threads
+the library's convolutions are mostly not in the trace (a DifNet-18 step at crop 321 under `ynn_dot`, 2026-12-07:
+4.3 s of operations seen for a 6.9 s step, convolution 4 %; on one core they are: SP6 in BENCHMARKS.md): profile
+with `--setting=default`, or read the fractions as of the visible operations only. Achieved FLOP/s: XLA's
+`cost_analysis()` FLOPs of the step / its median time, against this machine's dense float32 4096^2 matmul rate
+measured in the same process (as benchmarks.cascade).
 Host overhead (--loop): the training loop's parts as `experiments.voc` runs them, on the config's real train loader
 (the prepared dataset, 0 workers): the loader's time per batch alone, the compiled step waited for at each step,
 and the loop as train.py runs it (next batch, `global_batch`, the step, then a wait for the previous step's metrics,

@@ -10,10 +10,11 @@ reduction (a BatchNorm's statistics and their gradients) into a tree of reduce-w
 YNNPACK's reduce fusion type as well (`ynn_dot_reduce`) the reduce stays whole and the step is faster at every size
 measured: DifNet-18 at crop 321 2341 ms against `ynn_dot`'s 2577 (Sim-DeepLab-18 1147 against 1288; XC6); the
 synthetic DifNet-18 step 0.95x of XLA's default on one core and 0.97x on two (Sim-DeepLab-18 0.94x, 0.91x; XC8,
-XC9); the cascade no slower than `ynn_dot` (XC7). So `auto` is `ynn_dot_reduce` for every config, given to each
-jitted train step as `jax.jit(..., compiler_options=...)`: no XLA_FLAGS, nothing to set before jax starts, and
-only on the CPU backend. The evaluator and the benchmarks' own jits keep XLA's defaults (the eval forward gains
-nothing: 0.99-1.02x at 505 and at the synthetic sizes).
+XC9); DeepLabv3+-18 with and without Dilated Affinity 0.84x and 0.78x, PDN-18 1.02x (SS13); the cascade no
+slower than `ynn_dot` (XC7). So `auto` is `ynn_dot_reduce` for every config, given to each jitted train step as
+`jax.jit(..., compiler_options=...)`: no XLA_FLAGS, nothing to set before jax starts, and only on the CPU backend.
+The evaluator and the benchmarks' own jits keep XLA's defaults (DifNet-18's eval forward gains nothing: 0.99-1.02x
+at 505 and at the synthetic size).
 
 Results: the settings change the order of float32 sums only (tests/test_xla_cpu.py: losses and gradients agree
 to float32 noise on a small model; a training's mIoU over seeds: BENCHMARKS.md).
