@@ -11,6 +11,7 @@ statistics are compared with the first variant's (max |difference|; 0 = bitwise 
 
   python -m benchmarks.step_speed
   python -m benchmarks.step_speed --configs=difnet18,synthetic --rounds=15
+  python -m benchmarks.step_speed --configs=pdn18_24nb_2m --crop=321 --batch=2 --variants=ynn_dot,model --rounds=5
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _CONFIGS = flags.DEFINE_multi_string("configs", ["difnet18,synthetic", "simdeepl
                                      "Configs of experiments/configs/voc.py (repeat the flag for several).")
 _VARIANTS = flags.DEFINE_list("variants", ["before_issue31", "model"], "Names of VARIANTS; the first is the baseline.")
 _ROUNDS = flags.DEFINE_integer("rounds", 9, "Timed rounds (each runs every variant once) after one warm-up.")
+_CROP = flags.DEFINE_integer("crop", 0, "Crop size (0: the config's).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Batch (0: the config's).")
 
 NUM_CLASSES = 21
 
@@ -103,6 +106,7 @@ VARIANTS = {
     "normalisation_before": lambda: _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device),
     "flat_optimizer": _flat_optimizer,
     "xla_defaults": lambda: _xla_setting("off"),  # XLA's default CPU compiler settings (difnet_jax.xla_cpu)
+    "ynn_dot": lambda: _xla_setting("ynn_dot"),  # the paper sizes' setting before ynn_dot_reduce
     # Psi's adaptive max-pool replaced by a candidate of benchmarks.pool_candidate (since the pool-first Psi, only
     # where a Psi differentiates the pool itself: walks 2..5, not walk 1)
     "custom_vjp_pool": lambda: _replaced(similarity_embedding, "adaptive_max_pool",
@@ -119,6 +123,8 @@ def _tree_diff(a, b) -> float:
 
 def measure(variant_config: str, names: list[str], rounds: int) -> None:
     config = get_config(variant_config)
+    config.data.crop_size = _CROP.value or config.data.crop_size
+    config.train.batch_size = _BATCH.value or config.train.batch_size
     crop, batch = config.data.crop_size, config.train.batch_size
     rng = np.random.default_rng(0)
     host_batch = {"image": rng.integers(0, 256, (batch, crop, crop, 3)).astype(np.uint8),
