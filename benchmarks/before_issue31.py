@@ -6,8 +6,7 @@ to the step"):
   `SimilarityEmbedding` now pools first (its docstring has the algebra); this is the straightforward form it must
   equal (tests/test_similarity_embedding.py).
 - `take_along_axis_cross_entropy`: the loss picking the label's log-probability with `take_along_axis` (its
-  backward a scatter); `one_hot_cross_entropy`, the form between (a one-hot product, autodiff; bitwise the
-  same run as take_along_axis); the model's `losses.cross_entropy` has a closed-form backward.
+  backward a scatter); the model's `losses.cross_entropy` uses a one-hot product, bitwise the same run.
 - `flax_stem_max_pool`: the ResNet stem's max-pool by `nn.max_pool` (autodiff: XLA's select-and-scatter); the
   model's `max_pool.max_pool_3x3_stride2` gives the same values and gradients without it.
 - `table_apply_on_device`: the train step's input normalisation by a 256-entry table for every normalisation; the
@@ -56,16 +55,6 @@ def take_along_axis_cross_entropy(logits, labels, ignore_label: int = IGNORE_LAB
     safe_labels = jnp.where(valid, labels, 0)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
-    return jnp.where(valid, nll, 0.0).sum() / jnp.maximum(valid.sum(), 1)
-
-
-def one_hot_cross_entropy(logits, labels, ignore_label: int = IGNORE_LABEL):
-    """`losses.cross_entropy` between issue 31's changes 3 and 5: the label's log-probability by a one-hot
-    product, differentiated by autodiff."""
-    logits = logits.astype(jnp.float32)
-    valid = labels != ignore_label
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -(log_probs * jax.nn.one_hot(jnp.where(valid, labels, 0), logits.shape[-1], dtype=log_probs.dtype)).sum(-1)
     return jnp.where(valid, nll, 0.0).sum() / jnp.maximum(valid.sum(), 1)
 
 

@@ -101,7 +101,6 @@ VARIANTS = {
     # Psi conv -> BatchNorm -> pool at full resolution, as before its pool-first form
     "psi_before": lambda: _replaced(difnet, "SimilarityEmbedding", before_issue31.ConvBatchNormPool),
     "loss_before": lambda: _replaced(losses, "cross_entropy", before_issue31.take_along_axis_cross_entropy),
-    "loss_one_hot": lambda: _replaced(losses, "cross_entropy", before_issue31.one_hot_cross_entropy),
     "stem_pool_before": lambda: _replaced(resnet, "_stem_max_pool", before_issue31.flax_stem_max_pool),
     "normalisation_before": lambda: _replaced(Normalization, "apply_on_device", before_issue31.table_apply_on_device),
     "flat_optimizer": _flat_optimizer,

@@ -33,8 +33,8 @@ from difnet_jax import timing, train, xla_cpu
 from difnet_jax.models import diffusion
 from experiments.configs.voc import get_config
 
-_KINDS = flags.DEFINE_list("kinds", ["conv", "synthetic_train", "synthetic_eval", "cascade", "paper_train",
-                                     "paper_eval"], "What to time (module docstring).")
+KINDS = ("conv", "synthetic_train", "synthetic_eval", "cascade", "paper_train", "paper_eval")
+_KINDS = flags.DEFINE_list("kinds", list(KINDS), "What to time (module docstring).")
 _SETTINGS = flags.DEFINE_list("settings", list(xla_cpu.SETTINGS), "Settings of difnet_jax.xla_cpu.SETTINGS.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each runs every setting once) after one warm-up.")
 _PAPER_ROUNDS = flags.DEFINE_integer("paper_rounds", 3, "Rounds for the paper-size kinds (seconds a call).")
@@ -201,8 +201,7 @@ def _ms(seconds: float) -> str:
 
 def main(argv):
     del argv
-    kinds = ("conv", "synthetic_train", "synthetic_eval", "cascade", "paper_train", "paper_eval")
-    for flag, names, known in (("--settings", _SETTINGS.value, xla_cpu.SETTINGS), ("--kinds", _KINDS.value, kinds)):
+    for flag, names, known in (("--settings", _SETTINGS.value, xla_cpu.SETTINGS), ("--kinds", _KINDS.value, KINDS)):
         unknown = [name for name in names if name not in known]
         if unknown:
             raise app.UsageError(f"{flag}: unknown {', '.join(unknown)}; known: {', '.join(known)}")

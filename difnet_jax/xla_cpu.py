@@ -31,6 +31,8 @@ from typing import Any
 
 import jax
 
+from difnet_jax.user_errors import ConfigError
+
 ENV = "DIFNET_XLA_CPU"
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 DOT, ELTWISE, REDUCE = "LIBRARY_FUSION_TYPE_DOT", "LIBRARY_FUSION_TYPE_ELTWISE", "LIBRARY_FUSION_TYPE_REDUCE"
@@ -60,7 +62,7 @@ def choice(model_config: Any = None) -> str:
     if requested == "auto":
         return AUTO_SETTING
     if requested not in SETTINGS:
-        raise ValueError(f"{ENV} / model.xla_cpu={requested!r}: one of off, auto, {', '.join(SETTINGS)}")
+        raise ConfigError(f"{ENV} / model.xla_cpu={requested!r}: use one of off, auto, {', '.join(SETTINGS)}")
     return requested
 
 
